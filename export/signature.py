@@ -1,0 +1,251 @@
+"""The tensor contract: one source of truth for names, dtypes, shapes and limits.
+
+Everything that names a tensor reads it from here: the ONNX export (input and
+output names, dynamic axes), the TensorRT optimization profiles, the Triton
+configs (checked by tests/test_configs.py), the Python backend runners
+(request validation) and the client.
+
+This module is pure Python + NumPy so the Triton Python backend stubs can import
+it without torch.
+
+Symbols used in shapes:
+    L   history length of one request,           1 <= L <= L_MAX
+    N   candidates in one request / engine call,  1 <= N <= N_MAX
+    B   users (requests) in one scorer call,      1 <= B <= B_MAX
+    K   results returned,                         1 <= K <= N
+    E   embedding width, D  model width           (set by the preset, free here)
+Integers in shapes are fixed sizes (F_U user features, F_C candidate features).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+USER_FEATURES: tuple[str, ...] = ("user_id", "age_bucket", "region", "device")
+CANDIDATE_FEATURES: tuple[str, ...] = ("category", "creator_id", "price_bucket")
+ITEM_FEATURE = "item_id"
+# Every categorical feature of the unified embedding table, in table order.
+EMBEDDED_FEATURES: tuple[str, ...] = USER_FEATURES + (ITEM_FEATURE,) + CANDIDATE_FEATURES
+
+F_U = len(USER_FEATURES)
+F_C = len(CANDIDATE_FEATURES)
+C_TOKENS = F_C + 1  # candidate embedding tokens: item id then its features
+
+L_MAX = 256
+N_MAX = 4096
+B_MAX = 64
+
+# Inclusive limits per symbol; symbols without limits (E, D) only need to agree.
+DIM_LIMITS: dict[str, tuple[int, int]] = {
+    "L": (1, L_MAX),
+    "N": (1, N_MAX),
+    "B": (1, B_MAX),
+    "K": (1, N_MAX),
+}
+
+# Triton dtype name -> NumPy dtype. The ONNX / config spellings derive from it.
+NUMPY_DTYPES: dict[str, type] = {
+    "INT64": np.int64,
+    "INT32": np.int32,
+    "FP32": np.float32,
+    "BYTES": np.object_,
+}
+
+
+class RequestError(ValueError):
+    """A request that breaks the contract; the message names the input."""
+
+
+Dim = int | str
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor. ``values`` constrains contents:
+    ``"nonnegative"`` (raw ids), ``"index:B"`` (0 <= v < B), ``"length:L"`` (1 <= v <= L).
+    """
+
+    name: str
+    dtype: str
+    dims: tuple[Dim, ...]
+    values: str | None = None
+    optional: bool = False
+
+    @property
+    def numpy_dtype(self) -> type:
+        return NUMPY_DTYPES[self.dtype]
+
+    @property
+    def config_dims(self) -> list[int]:
+        """Dims as written in config.pbtxt: fixed sizes stay, symbols become -1."""
+        return [d if isinstance(d, int) else -1 for d in self.dims]
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    parameters: tuple[str, ...] = field(default=())
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+    def output(self, name: str) -> TensorSpec:
+        return next(t for t in self.outputs if t.name == name)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+
+def _t(name: str, dtype: str, *dims: Dim, values: str | None = None, optional: bool = False) -> TensorSpec:
+    return TensorSpec(name, dtype, tuple(dims), values, optional)
+
+
+# Public request (the ensemble): one user, its history and its N candidates.
+USER_FEATURES_T = _t("user_features", "INT64", F_U, values="nonnegative")
+HISTORY_IDS_T = _t("history_ids", "INT64", "L", values="nonnegative")
+CANDIDATE_IDS_T = _t("candidate_ids", "INT64", "N", values="nonnegative")
+CANDIDATE_FEATURES_T = _t("candidate_features", "INT64", "N", F_C, values="nonnegative")
+TOP_K_T = _t("top_k", "INT32", 1, optional=True)
+
+# Intermediate tensors.
+USER_EMB_T = _t("user_emb", "FP32", F_U, "E")
+HISTORY_EMB_T = _t("history_emb", "FP32", "L", "E")
+CANDIDATE_EMB_T = _t("candidate_emb", "FP32", "N", C_TOKENS, "E")
+USER_STATE_T = _t("user_state", "FP32", 1, "D")
+HISTORY_KV_T = _t("history_kv", "FP32", "L", "D")
+SCORES_T = _t("scores", "FP32", "N")
+
+ROUTES: tuple[str, ...] = ("auto", "light", "heavy", "cascade")
+REQUEST_PARAMETERS: tuple[str, ...] = ("route", "latency_budget_ms")
+
+EMBEDDING_LOOKUP = ModelSignature(
+    "embedding_lookup",
+    inputs=(USER_FEATURES_T, HISTORY_IDS_T, CANDIDATE_IDS_T, CANDIDATE_FEATURES_T),
+    outputs=(USER_EMB_T, HISTORY_EMB_T, CANDIDATE_EMB_T),
+)
+USER_TOWER = ModelSignature(
+    "user_tower",
+    inputs=(USER_EMB_T, HISTORY_EMB_T),
+    outputs=(USER_STATE_T, HISTORY_KV_T),
+)
+SCORER_LIGHT = ModelSignature(
+    "scorer_light",
+    inputs=(
+        _t("user_state", "FP32", "B", "D"),
+        CANDIDATE_EMB_T,
+        _t("candidate_user", "INT64", "N", values="index:B"),
+    ),
+    outputs=(SCORES_T,),
+)
+SCORER_HEAVY = ModelSignature(
+    "scorer_heavy",
+    inputs=(
+        _t("user_state", "FP32", "B", "D"),
+        _t("history_kv", "FP32", "B", "L", "D"),
+        _t("history_len", "INT64", "B", values="length:L"),
+        CANDIDATE_EMB_T,
+        _t("candidate_user", "INT64", "N", values="index:B"),
+    ),
+    outputs=(SCORES_T,),
+)
+PER_CANDIDATE_BASELINE = ModelSignature(
+    "per_candidate_baseline",
+    inputs=(
+        _t("user_features", "INT64", "N", F_U, values="nonnegative"),
+        _t("history_ids", "INT64", "N", "L", values="nonnegative"),
+        CANDIDATE_IDS_T,
+        CANDIDATE_FEATURES_T,
+    ),
+    outputs=(SCORES_T,),
+)
+RANKER = ModelSignature(
+    "ranker",
+    inputs=(USER_STATE_T, HISTORY_KV_T, CANDIDATE_EMB_T, CANDIDATE_IDS_T, TOP_K_T),
+    outputs=(
+        _t("top_ids", "INT64", "K"),
+        _t("top_scores", "FP32", "K"),
+        SCORES_T,
+        _t("route", "BYTES", 1),
+    ),
+    parameters=REQUEST_PARAMETERS,
+)
+ADAPTIVE_RANKING = ModelSignature(
+    "adaptive_ranking",
+    inputs=(USER_FEATURES_T, HISTORY_IDS_T, CANDIDATE_IDS_T, CANDIDATE_FEATURES_T, TOP_K_T),
+    outputs=RANKER.outputs,
+    parameters=REQUEST_PARAMETERS,
+)
+
+# Models exported to ONNX (and built as TensorRT engines), in pipeline order.
+ENGINE_MODELS: dict[str, ModelSignature] = {
+    s.name: s for s in (EMBEDDING_LOOKUP, USER_TOWER, SCORER_LIGHT, SCORER_HEAVY, PER_CANDIDATE_BASELINE)
+}
+MODELS: dict[str, ModelSignature] = {**ENGINE_MODELS, RANKER.name: RANKER, ADAPTIVE_RANKING.name: ADAPTIVE_RANKING}
+
+
+def validate_inputs(sig: ModelSignature, arrays: dict[str, np.ndarray]) -> dict[str, int]:
+    """Check ``arrays`` against ``sig``; return the bound symbol sizes.
+
+    Raises RequestError naming the offending input (and the other input a
+    symbol was bound from, for mismatches). Checks dtype, rank, fixed dims,
+    symbol agreement across inputs, DIM_LIMITS and the ``values`` constraint.
+    """
+    bound: dict[str, tuple[int, str]] = {}
+    for spec in sig.inputs:
+        if spec.name not in arrays:
+            if spec.optional:
+                continue
+            raise RequestError(f"missing required input '{spec.name}'")
+        a = arrays[spec.name]
+        if a.dtype != np.dtype(spec.numpy_dtype):
+            raise RequestError(f"input '{spec.name}' must be {spec.dtype}, got {a.dtype}")
+        if a.ndim != len(spec.dims):
+            raise RequestError(
+                f"input '{spec.name}' must have {len(spec.dims)} dims {list(spec.dims)}, got shape {list(a.shape)}"
+            )
+        for axis, (dim, size) in enumerate(zip(spec.dims, a.shape)):
+            if isinstance(dim, int):
+                if size != dim:
+                    raise RequestError(f"input '{spec.name}' dim {axis} must be {dim}, got {size}")
+                continue
+            if dim in bound and bound[dim][0] != size:
+                size0, name0 = bound[dim]
+                raise RequestError(
+                    f"input '{spec.name}' has {dim}={size} but '{name0}' has {dim}={size0}"
+                )
+            lo, hi = DIM_LIMITS.get(dim, (1, None))
+            if size < lo or (hi is not None and size > hi):
+                raise RequestError(
+                    f"input '{spec.name}' has {dim}={size}, allowed {lo}..{hi if hi is not None else 'any'}"
+                )
+            bound[dim] = (size, spec.name)
+    sizes = {k: v[0] for k, v in bound.items()}
+    for spec in sig.inputs:
+        if spec.values is None or spec.name not in arrays:
+            continue
+        _check_values(spec, arrays[spec.name], sizes)
+    return sizes
+
+
+def _check_values(spec: TensorSpec, a: np.ndarray, sizes: dict[str, int]) -> None:
+    if a.size == 0:
+        return
+    lo_v, hi_v = int(a.min()), int(a.max())
+    if spec.values == "nonnegative":
+        if lo_v < 0:
+            raise RequestError(f"input '{spec.name}' has a negative id ({lo_v}); ids must be >= 0")
+        return
+    kind, symbol = spec.values.split(":")
+    n = sizes[symbol]
+    lo, hi = (0, n - 1) if kind == "index" else (1, n)
+    if lo_v < lo or hi_v > hi:
+        raise RequestError(f"input '{spec.name}' values must lie in {lo}..{hi} ({symbol}={n}), got {lo_v}..{hi_v}")
