@@ -20,17 +20,20 @@ recent history items. The hidden click model is
           + d * [candidate topic == session intent]
           + bias
 
-and ``labels ~ Bernoulli(sigmoid(logit))``, ``relevance = sigmoid(logit)``. The history
-term is the biggest source of signal: it needs the item-specific vectors of individual
-recent history items, which a model attending over the history can use but a single
-pooled user vector cannot. For ``small`` the base click rate is ~0.2 and generating the
-train (20k x 32) plus eval (300 x 256) requests takes ~1-2 s.
+with (a, b, c, d) = ``CLICK`` and the bias calibrated by ``make_world`` so the base click
+rate is ``TARGET_CLICK_RATE`` (0.2) for every preset; ``labels ~ Bernoulli(sigmoid(logit))``,
+``relevance = sigmoid(logit)``. The history term is the biggest source of signal: it needs
+the item-specific vectors of individual recent history items, which a model attending over
+the history can use but a single pooled user vector cannot. Click AUCs of the hidden
+quantities on ``small`` train: full logit ~0.89, history max-sim alone ~0.87, cosine to the
+mean of the recent history vectors ~0.81, long-term pref + popularity ~0.74, popularity ~0.65.
+Generating ``small`` train (20k x 32) plus eval (300 x 256) requests takes ~2-3 s.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -49,19 +52,17 @@ SOURCE_POPULAR, SOURCE_INTEREST, SOURCE_SIMILAR = 0, 1, 2
 _SOURCE_PROBS = (0.35, 0.35, 0.30)
 _SIMILAR_POOL = 32  # same-topic items scored against the anchor history item; the best becomes the candidate
 _HISTORY_POOL = 3  # within-topic draws per history slot; the user's preferred one is consumed
+TARGET_CLICK_RATE = 0.2  # make_world calibrates World.click_bias to this mean click probability
 
 
 @dataclass(frozen=True)
 class ClickWeights:
-    """Weights of the hidden click model (see the module docstring)."""
+    """Weights of the hidden click model (see the module docstring); the bias is per world (World.click_bias)."""
 
     pref: float = 1.5
     history_sim: float = 9.0
     log_popularity: float = 0.6
     intent: float = 0.6
-
-
-TARGET_CLICK_RATE = 0.2  # make_world calibrates World.click_bias to this mean click probability
 
 
 CLICK = ClickWeights()
@@ -177,7 +178,7 @@ def _draw_in_group(
 
 @dataclass(frozen=True)
 class World:
-    """Items, users and the hidden click model. Build with ``make_world``; arrays are read-only by convention."""
+    """Items, users and the hidden click model. Build with ``make_world`` (which makes the arrays read-only)."""
 
     cfg: WorldConfig
     topic_centroids: np.ndarray  # (n_topics, d) unit
@@ -218,9 +219,9 @@ class World:
         ids = np.asarray(item_ids)
         if ids.size and (ids.min() < 0 or ids.max() >= self.cfg.n_items):
             raise ValueError(f"item ids must lie in 0..{self.cfg.n_items - 1}, got {ids.min()}..{ids.max()}")
-        return np.stack(
-            [self.item_topic[ids], self.item_creator[ids], self.item_price_bucket[ids]], axis=-1
-        ).astype(np.int64)
+        return np.stack([self.item_topic[ids], self.item_creator[ids], self.item_price_bucket[ids]], axis=-1).astype(
+            np.int64
+        )
 
     def user_features(self, user_ids: np.ndarray) -> np.ndarray:
         """Raw user features (..., F_U) int64 in signature.USER_FEATURES order."""
@@ -249,8 +250,9 @@ class World:
             raise ValueError(f"n_candidates must lie in 1..{signature.N_MAX}, got {n_candidates}")
         rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, 1, seed]))
         req, comp = self._sample(rng, n_requests, n_candidates)
-        logger.debug("sampled %d x %d requests (seed %d): click rate %.3f", n_requests, n_candidates, seed,
-                     req.labels.mean())
+        logger.debug(
+            "sampled %d x %d requests (seed %d): click rate %.3f", n_requests, n_candidates, seed, req.labels.mean()
+        )
         return req, comp
 
     # -- internals ---------------------------------------------------------------------------
@@ -376,7 +378,10 @@ class World:
         logpop = self.log_popularity[cand]
         match = (self.item_topic[cand] == intent[:, None]).astype(np.float64)
         logit = (
-            CLICK.pref * pref + CLICK.history_sim * hsim + CLICK.log_popularity * logpop + CLICK.intent * match
+            CLICK.pref * pref
+            + CLICK.history_sim * hsim
+            + CLICK.log_popularity * logpop
+            + CLICK.intent * match
             + self.click_bias
         )
         return ClickComponents(
@@ -404,9 +409,22 @@ def _choose_rows(rng: np.random.Generator, probs: np.ndarray, size: int | None =
 
 
 def _validate(cfg: WorldConfig) -> None:
-    positive = ("n_users", "n_items", "n_creators", "n_topics", "latent_dim", "n_age_buckets", "n_regions",
-                "n_devices", "n_price_buckets", "history_min", "train_requests", "train_candidates",
-                "eval_requests", "eval_candidates")
+    positive = (
+        "n_users",
+        "n_items",
+        "n_creators",
+        "n_topics",
+        "latent_dim",
+        "n_age_buckets",
+        "n_regions",
+        "n_devices",
+        "n_price_buckets",
+        "history_min",
+        "train_requests",
+        "train_candidates",
+        "eval_requests",
+        "eval_candidates",
+    )
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ValueError(f"WorldConfig.{name} must be >= 1, got {getattr(cfg, name)}")
@@ -414,8 +432,7 @@ def _validate(cfg: WorldConfig) -> None:
         raise ValueError(f"WorldConfig.n_items ({cfg.n_items}) must be >= n_topics ({cfg.n_topics})")
     if not cfg.history_min <= cfg.history_max <= signature.L_MAX:
         raise ValueError(
-            f"need 1 <= history_min ({cfg.history_min}) <= history_max ({cfg.history_max}) <= L_MAX "
-            f"({signature.L_MAX})"
+            f"need 1 <= history_min ({cfg.history_min}) <= history_max ({cfg.history_max}) <= L_MAX ({signature.L_MAX})"
         )
     for name in ("train_candidates", "eval_candidates"):
         if getattr(cfg, name) > signature.N_MAX:
@@ -476,7 +493,8 @@ def make_world(cfg: WorldConfig) -> World:
     used = np.arange(MAX_INTERESTS)[None, :] < n_interests[:, None]
     w = rng.gamma(2.0, size=(n_u, MAX_INTERESTS)) * used
     interest_weights = w / w.sum(axis=1, keepdims=True)
-    pref = np.einsum("uk,ukd->ud", interest_weights, centroids[interests]) + 0.6 * rng.normal(size=(n_u, d)) / np.sqrt(d)
+    pref = np.einsum("uk,ukd->ud", interest_weights, centroids[interests])
+    pref += 0.6 * rng.normal(size=(n_u, d)) / np.sqrt(d)
     user_pref = _normalize(pref).astype(np.float32)
     activity = rng.lognormal(0.0, 0.7, size=n_u)
 
@@ -506,8 +524,13 @@ def make_world(cfg: WorldConfig) -> World:
     _, comp = world._sample(calib_rng, 1_000, cfg.train_candidates)
     bias = _solve_bias(comp.logit.astype(np.float64), TARGET_CLICK_RATE)
     world = replace(world, click_bias=bias)
-    logger.debug("made world: %d users, %d items, %d topics (seed %d), click bias %.3f", n_u, cfg.n_items, n_t,
-                 cfg.seed, bias)
+    for f in fields(world):
+        value = getattr(world, f.name)
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False
+    logger.debug(
+        "made world: %d users, %d items, %d topics (seed %d), click bias %.3f", n_u, cfg.n_items, n_t, cfg.seed, bias
+    )
     return world
 
 

@@ -1,0 +1,47 @@
+# Adaptive ranking on Triton: `make` lists the targets.
+
+PY := .venv/bin/python
+PRESET ?= small
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
+
+.DEFAULT_GOAL := help
+.PHONY: help venv serve export demo test lint
+
+help: ## List the targets
+	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-8s %s\n", $$1, $$2}'
+
+venv: .venv/.installed ## Create .venv (Python 3.11) and install requirements.txt (+ libb64 for perf_analyzer)
+
+.venv/.installed: requirements.txt
+	@if [ ! -x $(PY) ]; then \
+	  if command -v python3.11 >/dev/null 2>&1; then py=python3.11; \
+	  elif python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then py=python3; \
+	  else echo "Python 3.11 is required (python3.11, or python3 being 3.11)" >&2; exit 1; fi; \
+	  echo "creating .venv with $$py"; $$py -m venv .venv; \
+	fi
+	$(PY) -m pip install -r requirements.txt
+	@if dpkg -s libb64-0d >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get install -y libb64-0d || { apt-get update && apt-get install -y libb64-0d; }; \
+	else echo "warning: perf_analyzer needs libb64-0d (apt-get install libb64-0d as root)" >&2; fi
+	touch $@
+
+serve: venv ## Run Triton on model_repository (HTTP_PORT, GRPC_PORT, METRICS_PORT)
+	$(PY) -m client.local_server --model-repository model_repository --config-name cpu \
+		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+export: venv ## Train and export the models into model_repository (PRESET=small)
+	$(PY) -m export.build --preset $(PRESET)
+
+demo: venv ## Export the small preset and run the client demo
+	$(PY) -m export.build --preset small
+	$(PY) -m client.demo
+
+test: venv ## Export the tiny preset and run the tests
+	$(PY) -m export.build --preset tiny
+	$(PY) -m pytest -q
+
+lint: venv ## Lint with ruff
+	.venv/bin/ruff check .

@@ -1,0 +1,300 @@
+"""Start the Triton server bundled with nvidia-pytriton on a model repository.
+
+No Docker, no GPU: the ``tritonserver`` binary, the Python backend and its stubs
+come from the ``nvidia-pytriton`` wheel (server 2.51.0). Run it with::
+
+    python -m client.local_server --model-repository model_repository --config-name cpu \
+        --http-port 8000 --grpc-port 8001 --metrics-port 8002
+
+It waits until the server is ready, logs the URLs and stops it on Ctrl-C / SIGTERM.
+As a library, ``with run_server(ServerConfig(model_repository=...)) as server:``
+starts it on free ports (port 0) and stops it, and its stubs, on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from export.signature import ENGINE_MODELS
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BACKEND_CACHE = REPO_ROOT / "build" / "triton_backends"
+# Admin APIs need the key in a header (gRPC: with Triton's prefix); inference, health, metadata stay open.
+RESTRICTED_APIS = "model-repository,shared-memory,logging,trace"
+ADMIN_KEY_HEADER = "admin-key"
+GRPC_ADMIN_KEY_HEADER = f"triton-grpc-protocol-{ADMIN_KEY_HEADER}"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model_repository: Path
+    config_name: str | None = "cpu"  # configs/<name>.pbtxt; None = config.pbtxt
+    host: str = "127.0.0.1"
+    http_port: int = 0  # 0 = pick a free port
+    grpc_port: int = 0
+    metrics_port: int = 0
+    log_verbose: int = 0
+    admin_key: str | None = None  # restricts RESTRICTED_APIS to requests with this header
+    log_path: Path | None = None  # None = build/logs/tritonserver-<http port>.log
+    extra_args: tuple[str, ...] = ()
+    startup_timeout_s: float = 120.0
+    stop_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    """A started server. ``http_url`` / ``grpc_url`` are ``host:port``, the form that
+    tritonclient's ``InferenceServerClient`` and perf_analyzer's ``-u`` take."""
+
+    config: ServerConfig  # with the ports resolved
+    process: subprocess.Popen
+    log_path: Path
+    http_url: str
+    grpc_url: str
+    metrics_url: str
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (another process may take it later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tritonserver_home() -> Path:
+    """``site-packages/pytriton/tritonserver`` (bin/, backends/, python_backend_stubs/)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("nvidia-pytriton is not installed: run `make venv`")
+    return Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+
+
+def build_backend_dir(cache_dir: Path = BACKEND_CACHE) -> Path:
+    """A backend directory whose ``python/`` holds the Python backend plus the stub for
+    this interpreter's version; built once, then reused. Returns ``cache_dir``."""
+    target = cache_dir / "python"
+    stub_name = "triton_python_backend_stub"
+    if (target / stub_name).is_file() and (target / "libtriton_python.so").is_file():
+        return cache_dir
+    home = tritonserver_home()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = home / "python_backend_stubs" / version / stub_name
+    if not stub.is_file():
+        raise RuntimeError(f"nvidia-pytriton has no Python backend stub for Python {version} ({stub})")
+    tmp = cache_dir / f".python.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(home / "backends" / "python", tmp, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(stub, tmp / stub_name)
+    try:
+        tmp.rename(target)  # atomic: concurrent builders either win or find it done
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / stub_name).is_file():
+            raise
+    log.info("built Triton backend directory %s (stub for Python %s)", target, version)
+    return cache_dir
+
+
+def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for tritonserver and its Python stubs.
+
+    The 2.51 stub embeds the base interpreter isolated (``-I``), ignoring PYTHONPATH, but
+    finds its ``sys.executable`` as ``python3`` on PATH: with this venv's ``bin/`` first it
+    sees ``pyvenv.cfg`` and gets the venv's site-packages. This repo's own modules come
+    from the stub's working directory (run_server). PYTHONPATH is set for stubs that read it."""
+    env = dict(os.environ if base is None else base)
+    site_packages = Path(sysconfig.get_paths()["purelib"])
+    libs = [
+        tritonserver_home().parent.parent / "nvidia_pytriton.libs",  # libtritonserver, libcudart
+        Path(sys.base_prefix) / "lib",  # libpython3.X.so for the stub
+        site_packages / "nvidia" / "cuda_runtime" / "lib",
+    ]
+
+    def prepend(name: str, paths: list[str]) -> None:
+        env[name] = os.pathsep.join(paths + [p for p in [env.get(name, "")] if p])
+
+    prepend("LD_LIBRARY_PATH", [str(p) for p in libs if p.is_dir()])
+    prepend("PATH", [str(Path(sys.executable).parent)])
+    prepend("PYTHONPATH", [str(site_packages), str(REPO_ROOT)])
+    return env
+
+
+def check_artifacts(model_repository: Path) -> None:
+    """Raise FileNotFoundError naming every engine model whose ``1/model.onnx`` is missing."""
+    missing = [m for m in ENGINE_MODELS if not (Path(model_repository) / m / "1" / "model.onnx").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{model_repository} lacks 1/model.onnx for {', '.join(missing)}: run `make export`")
+
+
+def server_command(cfg: ServerConfig, backend_dir: Path) -> list[str]:
+    """The tritonserver command line for ``cfg`` (ports already resolved)."""
+    cmd = [
+        str(tritonserver_home() / "bin" / "tritonserver"),
+        f"--model-repository={Path(cfg.model_repository).resolve()}",
+        f"--backend-directory={backend_dir}",
+        "--model-control-mode=none",
+        f"--http-address={cfg.host}",
+        f"--grpc-address={cfg.host}",
+        f"--metrics-address={cfg.host}",
+        f"--http-port={cfg.http_port}",
+        f"--grpc-port={cfg.grpc_port}",
+        f"--metrics-port={cfg.metrics_port}",
+        "--exit-on-error=true",
+        "--strict-readiness=true",
+        f"--log-verbose={cfg.log_verbose}",
+    ]
+    if cfg.config_name:
+        cmd.append(f"--model-config-name={cfg.config_name}")
+    if cfg.admin_key:
+        restriction = f"{RESTRICTED_APIS}:{ADMIN_KEY_HEADER}={cfg.admin_key}"
+        cmd += [f"--http-restricted-api={restriction}", f"--grpc-restricted-protocol={restriction}"]
+    return cmd + list(cfg.extra_args)
+
+
+def _log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        tail = "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as e:
+        tail = f"<unreadable: {e}>"
+    return f"log {path}, last {lines} lines:\n{tail}"
+
+
+def _is_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1.0) as resp:
+            return resp.status == 200
+    except OSError:  # URLError included
+        return False
+
+
+def _stop(proc: subprocess.Popen, timeout_s: float) -> None:
+    """SIGINT the server, wait, SIGKILL it if needed, then kill what is left of its group (stubs)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("tritonserver (pid %d) ignored SIGINT for %.0f s; killing it", proc.pid, timeout_s)
+            proc.kill()
+            proc.wait()
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # the session's group id is the server's pid
+
+
+@contextmanager
+def run_server(cfg: ServerConfig) -> Iterator[RunningServer]:
+    """Start tritonserver for ``cfg``, yield once it is ready, stop it on exit.
+
+    Raises RuntimeError with the tail of the server log if it exits while starting,
+    TimeoutError if it is not ready within ``cfg.startup_timeout_s``."""
+    cfg = replace(
+        cfg,
+        http_port=cfg.http_port or free_port(),
+        grpc_port=cfg.grpc_port or free_port(),
+        metrics_port=cfg.metrics_port or free_port(),
+    )
+    log_path = cfg.log_path or REPO_ROOT / "build" / "logs" / f"tritonserver-{cfg.http_port}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    # Triton takes every folder of the repository for a model (and exits on the failure):
+    # drop the bytecode cache that importing model_repository.* (tests, stubs) leaves there.
+    shutil.rmtree(Path(cfg.model_repository) / "__pycache__", ignore_errors=True)
+    cmd = server_command(cfg, build_backend_dir())
+    log.debug("starting %s", " ".join(cmd))
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=server_env(),
+            cwd=REPO_ROOT,
+            start_new_session=True,  # '' on the stub's sys.path
+        )
+    urls = (
+        f"{cfg.host}:{cfg.http_port}",
+        f"{cfg.host}:{cfg.grpc_port}",
+        f"http://{cfg.host}:{cfg.metrics_port}/metrics",
+    )
+    server = RunningServer(cfg, proc, log_path, *urls)
+    try:
+        deadline = time.monotonic() + cfg.startup_timeout_s
+        while not _is_ready(f"http://{server.http_url}"):
+            if proc.poll() is not None:
+                raise RuntimeError(f"tritonserver exited ({proc.returncode}) while starting; {_log_tail(log_path)}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"tritonserver not ready after {cfg.startup_timeout_s:.0f} s; {_log_tail(log_path)}")
+            time.sleep(0.2)
+        log.info("tritonserver ready (pid %d, log %s)", proc.pid, log_path)
+        yield server
+    finally:
+        _stop(proc, cfg.stop_timeout_s)
+        log.info("tritonserver stopped (exit code %s)", proc.returncode)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-repository", type=Path, default=REPO_ROOT / "model_repository")
+    parser.add_argument("--config-name", default="cpu", help="configs/<name>.pbtxt; '' for config.pbtxt")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--log-verbose", type=int, default=0)
+    parser.add_argument("--startup-timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--restricted-api-key",
+        default=os.environ.get("TRITON_ADMIN_KEY"),
+        help=f"header '{ADMIN_KEY_HEADER}' needed for {RESTRICTED_APIS}; default $TRITON_ADMIN_KEY, else random",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        check_artifacts(args.model_repository)
+    except FileNotFoundError as e:
+        log.error("%s", e)
+        return 2
+    admin_key = args.restricted_api_key or secrets.token_urlsafe(16)
+    if not args.restricted_api_key:
+        log.info("admin key %s (headers %r / %r)", admin_key, ADMIN_KEY_HEADER, GRPC_ADMIN_KEY_HEADER)
+    cfg = ServerConfig(
+        model_repository=args.model_repository,
+        config_name=args.config_name or None,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        log_verbose=args.log_verbose,
+        admin_key=admin_key,
+        startup_timeout_s=args.startup_timeout,
+    )
+    for signum in (signal.SIGINT, signal.SIGTERM):  # also when started with SIGINT ignored (`cmd &`)
+        signal.signal(signum, signal.default_int_handler)
+    try:
+        with run_server(cfg) as srv:
+            log.info("HTTP http://%s gRPC %s metrics %s; Ctrl-C stops", srv.http_url, srv.grpc_url, srv.metrics_url)
+            while srv.process.poll() is None:
+                time.sleep(0.5)
+            log.error("tritonserver exited on its own (code %s); log %s", srv.process.returncode, srv.log_path)
+            return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""ONNX Runtime sessions for the engine models' CPU profile (pure: no Triton imports).
+
+The same functions serve the Triton runner (onnx_runner.py) and the in-process
+composition that tests and benchmarks compare the server against.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from export.signature import ModelSignature, validate_inputs
+
+
+def make_session(path: Path, intra_op_threads: int = 1) -> ort.InferenceSession:
+    """A CPU session; one intra-op thread per instance by default, since Triton runs
+    several instances side by side on a small machine."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `make export` to train and export the models")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def run_checked(
+    session: ort.InferenceSession, sig: ModelSignature, arrays: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Validate ``arrays`` against ``sig`` (RequestError names the input), then run."""
+    validate_inputs(sig, arrays)
+    feeds = {name: arrays[name] for name in sig.input_names if name in arrays}
+    return dict(zip(sig.output_names, session.run(sig.output_names, feeds), strict=True))

@@ -1,0 +1,130 @@
+"""The ranker's request path, independent of Triton: routing, broadcasting, micro-batches.
+
+``rank()`` takes an async ``ScoreFn`` that runs one scorer call; the ranker's
+model.py passes one that issues a BLS request, tests pass one backed by ONNX Runtime.
+
+Broadcast: a request's user_state [1, D] and history_kv [1, L, D] go unchanged into
+every micro-batch call; only the candidates [n, C, E] are split, and
+``candidate_user`` [n] (all zeros) names the one user row they share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from model_repository.ranking import cascade_merge, micro_batches, top_k_indices
+from model_repository.routing import AutoPlan, CostModel, RoutePolicy, plan_auto, settle_auto
+
+# score_fn(tier, inputs) -> scores [n]; tier is "light" or "heavy".
+ScoreFn = Callable[[str, dict[str, np.ndarray]], Awaitable[np.ndarray]]
+
+
+class ScorerError(RuntimeError):
+    """A scorer call failed (not the client's fault)."""
+
+
+@dataclass
+class RankerState:
+    """What the ranker learns and tracks across requests (one per model instance)."""
+
+    policy: RoutePolicy
+    cost: CostModel
+    micro_batch: int = 512
+    inflight: int = 0
+
+
+@dataclass(frozen=True)
+class SharedState:
+    """One request's user side, shaped for the scorers (B = 1)."""
+
+    user_state: np.ndarray  # (1, D)
+    history_kv: np.ndarray  # (1, L, D)
+    history_len: np.ndarray  # (1,) int64 = [L]
+
+    @classmethod
+    def from_tower(cls, user_state: np.ndarray, history_kv: np.ndarray) -> SharedState:
+        # user_state (1, D), history_kv (L, D) as the user tower returns them
+        return cls(user_state, history_kv[np.newaxis], np.array([history_kv.shape[0]], dtype=np.int64))
+
+
+@dataclass
+class RankResult:
+    top_idx: np.ndarray  # (K,) candidate positions, best first
+    scores: np.ndarray  # (N,) final scores, consistent with top_idx's order
+    route: str
+    plan: AutoPlan | None = None
+    tier_ms: dict[str, float] = field(default_factory=dict)
+    candidates_scored: dict[str, int] = field(default_factory=dict)
+
+
+def scorer_inputs(tier: str, shared: SharedState, candidate_emb: np.ndarray) -> dict[str, np.ndarray]:
+    """Inputs of one scorer call: the shared user side as is, n candidates of user row 0."""
+    inputs = {
+        "user_state": shared.user_state,  # (1, D)
+        "candidate_emb": candidate_emb,  # (n, C, E)
+        "candidate_user": np.zeros(candidate_emb.shape[0], dtype=np.int64),  # (n,)
+    }
+    if tier == "heavy":
+        inputs["history_kv"] = shared.history_kv  # (1, L, D)
+        inputs["history_len"] = shared.history_len  # (1,)
+    return inputs
+
+
+async def score_tier(
+    score_fn: ScoreFn, state: RankerState, tier: str, shared: SharedState, candidate_emb: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """Scores [n] of ``tier`` over ``candidate_emb`` [n, C, E], micro-batches issued
+    concurrently; the wall time feeds the cost model (normalised by the load)."""
+    n = candidate_emb.shape[0]
+    load = state.policy.load_factor(state.inflight)
+    start = time.perf_counter()
+    parts = await asyncio.gather(
+        *(score_fn(tier, scorer_inputs(tier, shared, candidate_emb[s])) for s in micro_batches(n, state.micro_batch))
+    )
+    elapsed_ms = (time.perf_counter() - start) * 1e3
+    scores = np.concatenate(parts).astype(np.float32, copy=False)
+    if scores.shape != (n,):
+        raise ScorerError(f"{tier} scorer returned {scores.shape[0]} scores for {n} candidates")
+    state.cost.observe(tier, n, elapsed_ms, load_factor=load)
+    return scores, elapsed_ms
+
+
+async def rank(
+    score_fn: ScoreFn,
+    state: RankerState,
+    shared: SharedState,
+    candidate_emb: np.ndarray,  # (N, C, E)
+    route: str,
+    k: int,
+    budget_ms: float,
+) -> RankResult:
+    """Score one request on ``route`` (auto resolves to light / heavy / cascade) and
+    return its top k. Cascade: light on all N, heavy on light's top M = cascade_size."""
+    n = candidate_emb.shape[0]
+    plan = None
+    if route == "auto":
+        plan = plan_auto(state.cost, n, k, budget_ms, state.inflight, state.policy)
+        route = plan.route
+    result = RankResult(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32), route, plan)
+    if route == "heavy":
+        scores, result.tier_ms["heavy"] = await score_tier(score_fn, state, "heavy", shared, candidate_emb)
+        result.candidates_scored["heavy"] = n
+    else:
+        scores, result.tier_ms["light"] = await score_tier(score_fn, state, "light", shared, candidate_emb)
+        result.candidates_scored["light"] = n
+        if route == "cascade" and plan is not None:
+            route = result.route = settle_auto(plan, scores, k, state.policy)
+        if route == "cascade":
+            m = plan.m if plan is not None else state.policy.cascade_size(n, k)
+            top = top_k_indices(scores, m)
+            heavy, result.tier_ms["heavy"] = await score_tier(score_fn, state, "heavy", shared, candidate_emb[top])
+            result.candidates_scored["heavy"] = m
+            scores = cascade_merge(scores, heavy, top)
+    result.scores = scores
+    result.top_idx = top_k_indices(scores, k)
+    return result

@@ -1,0 +1,124 @@
+"""ranker: the BLS model that routes each request and broadcasts its user state.
+
+Lifecycle only: the request path is model_repository/pipeline.py (tested without
+Triton); parsing and top-k are model_repository/ranking.py, routing
+model_repository/routing.py. Bad requests get INVALID_ARG naming the input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from export.signature import RANKER, RequestError, validate_inputs
+from model_repository.pipeline import RankerState, ScorerError, SharedState, rank
+from model_repository.ranking import parse_parameters, parse_top_k
+from model_repository.routing import CostModel, RoutePolicy, TierCost
+
+
+def _params(config: dict) -> dict[str, str]:
+    return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        p = _params(json.loads(args["model_config"]))
+        policy = RoutePolicy(
+            cascade_m=int(p["cascade_m"]),
+            confidence_threshold=float(p["confidence_threshold"]),
+            default_budget_ms=float(p["default_budget_ms"]),
+            parallelism=int(p["parallelism"]),
+            safety_factor=float(p["safety_factor"]),
+        )
+        priors = {t: TierCost(float(p[f"{t}_fixed_ms"]), float(p[f"{t}_per_candidate_ms"])) for t in ("light", "heavy")}
+        self.state = RankerState(policy, CostModel(priors), micro_batch=int(p["micro_batch"]))
+        self.default_top_k = int(p["default_top_k"])
+        self._metrics()
+
+    def _metrics(self) -> None:
+        counter, gauge = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.GAUGE
+        self.m_requests = pb_utils.MetricFamily("ranker_requests_total", "Requests answered, by route taken", counter)
+        self.m_candidates = pb_utils.MetricFamily(
+            "ranker_candidates_scored_total", "Candidates scored, by tier", counter
+        )
+        self.m_misses = pb_utils.MetricFamily(
+            "ranker_budget_misses_total", "Requests over their latency budget", counter
+        )
+        self.m_latency = pb_utils.MetricFamily(
+            "ranker_latency_ms_total", "Summed ranker latency (ms), by route", counter
+        )
+        self.m_inflight = pb_utils.MetricFamily("ranker_inflight_requests", "Requests in the ranker now", gauge)
+        self.g_inflight = self.m_inflight.Metric(labels={})
+        self._by_label: dict[tuple[str, str], object] = {}
+
+    def _metric(self, family: object, label: str, value: str) -> object:
+        key = (id(family), value)
+        if key not in self._by_label:
+            self._by_label[key] = family.Metric(labels={label: value})
+        return self._by_label[key]
+
+    async def _score(self, tier: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        request = pb_utils.InferenceRequest(
+            model_name=f"scorer_{tier}",
+            inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
+            requested_output_names=["scores"],
+        )
+        response = await request.async_exec()
+        if response.has_error():
+            raise ScorerError(f"scorer_{tier}: {response.error().message()}")
+        return pb_utils.get_output_tensor_by_name(response, "scores").as_numpy()
+
+    async def _handle(self, request: object) -> object:
+        start = time.perf_counter()
+        arrays = {}
+        for name in RANKER.input_names:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is not None:
+                arrays[name] = tensor.as_numpy()
+        try:
+            sizes = validate_inputs(RANKER, arrays)
+            options = parse_parameters(request.parameters(), self.state.policy.default_budget_ms)
+            k = parse_top_k(arrays.get("top_k"), sizes["N"], self.default_top_k)
+        except RequestError as exc:
+            return pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(f"ranker: {exc}", pb_utils.TritonError.INVALID_ARG)
+            )
+        shared = SharedState.from_tower(arrays["user_state"], arrays["history_kv"])
+        self.state.inflight += 1
+        self.g_inflight.set(self.state.inflight)
+        try:
+            result = await rank(
+                self._score, self.state, shared, arrays["candidate_emb"], options.route, k, options.latency_budget_ms
+            )
+        except ScorerError as exc:
+            return pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(f"ranker: {exc}", pb_utils.TritonError.INTERNAL)
+            )
+        finally:
+            self.state.inflight -= 1
+            self.g_inflight.set(self.state.inflight)
+        elapsed_ms = (time.perf_counter() - start) * 1e3
+        self._metric(self.m_requests, "route", result.route).increment(1)
+        self._metric(self.m_latency, "route", result.route).increment(elapsed_ms)
+        for tier, n in result.candidates_scored.items():
+            self._metric(self.m_candidates, "tier", tier).increment(n)
+        if elapsed_ms > options.latency_budget_ms:
+            self._metric(self.m_misses, "route", result.route).increment(1)
+        outputs = {
+            "top_ids": arrays["candidate_ids"][result.top_idx],
+            "top_scores": result.scores[result.top_idx].astype(np.float32),
+            "scores": result.scores.astype(np.float32),
+            "route": np.array([result.route.encode()], dtype=np.object_),
+        }
+        return pb_utils.InferenceResponse([pb_utils.Tensor(name, value) for name, value in outputs.items()])
+
+    async def execute(self, requests: list) -> list:
+        # Requests are independent: each gets its own response, errors included.
+        return list(await asyncio.gather(*(self._handle(r) for r in requests)))
+
+    def finalize(self) -> None:
+        self.state = None

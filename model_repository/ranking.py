@@ -1,0 +1,243 @@
+"""Request parsing and score arithmetic for the `ranker` BLS model.
+
+The Triton Python backend's ``model.py`` keeps only its lifecycle methods; every
+decision it makes on a request lives here as a pure function over NumPy arrays,
+so it is unit-tested without a server. Imports: numpy, stdlib and
+``export.signature`` only (this runs inside the Triton stub: no torch, no triton).
+
+Symbols (as in export/signature.py):
+    N   candidates of the request            1 <= N <= N_MAX
+    M   candidates the heavy tier re-scores  1 <= M <= N (cascade route)
+    K   results returned                     1 <= K <= N
+
+Bad requests raise ``RequestError`` (the model answers INVALID_ARG with its
+message); misuse by the caller raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from export.signature import REQUEST_PARAMETERS, ROUTES, RequestError
+
+ROUTE_PARAM = "route"
+BUDGET_PARAM = "latency_budget_ms"
+assert {ROUTE_PARAM, BUDGET_PARAM} == set(REQUEST_PARAMETERS), "export.signature changed its request parameters"
+DEFAULT_ROUTE = "auto"
+
+# Below this many candidates, or when K is a large share of N, one stable sort is
+# as fast as argpartition plus the tie fix-up.
+_PARTITION_MIN_N = 64
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """The validated request parameters of one ranker request."""
+
+    route: str
+    latency_budget_ms: float
+
+
+def parse_parameters(raw: str | dict | None, default_budget_ms: float) -> RequestOptions:
+    """Validate the request parameters (``request.parameters()`` is a JSON string).
+
+    ``route`` must be one of ROUTES (default "auto"). ``latency_budget_ms`` may be
+    a JSON number or a numeric string (Triton clients send strings or ints more
+    easily than doubles); it must be finite and > 0, default ``default_budget_ms``.
+    Unknown parameters are ignored: clients and the ensemble may add their own.
+    """
+    if not (math.isfinite(default_budget_ms) and default_budget_ms > 0):
+        raise ValueError(f"default_budget_ms must be finite and > 0, got {default_budget_ms!r}")
+    params = _as_dict(raw)
+    route = params.get(ROUTE_PARAM, DEFAULT_ROUTE)
+    if not isinstance(route, str) or route not in ROUTES:
+        raise RequestError(f"parameter '{ROUTE_PARAM}' must be one of {', '.join(ROUTES)}; got {route!r}")
+    budget = params.get(BUDGET_PARAM, default_budget_ms)
+    return RequestOptions(route=route, latency_budget_ms=_parse_budget(budget))
+
+
+def _as_dict(raw: str | dict | None) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if isinstance(raw, str):
+        if not raw.strip():
+            return {}
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise RequestError(f"request parameters are not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise RequestError(f"request parameters must be a JSON object, got {type(raw).__name__}")
+    return raw
+
+
+def _parse_budget(value: Any) -> float:
+    # bool is an int subclass: `true` must not become a 1 ms budget.
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise RequestError(f"parameter '{BUDGET_PARAM}' must be a number, got {type(value).__name__} {value!r}")
+    try:
+        budget = float(value)
+    except ValueError:
+        raise RequestError(f"parameter '{BUDGET_PARAM}' must be a number, got {value!r}") from None
+    except OverflowError:  # int too large for a float
+        budget = math.inf
+    if not math.isfinite(budget):
+        raise RequestError(f"parameter '{BUDGET_PARAM}' must be finite, got {value!r}")
+    if budget <= 0:
+        raise RequestError(f"parameter '{BUDGET_PARAM}' must be > 0, got {value!r}")
+    return budget
+
+
+def parse_top_k(top_k: np.ndarray | None, n: int, default_k: int) -> int:
+    """K for a request with ``n`` candidates: the optional ``top_k`` INT32 [1] input.
+
+    Absent -> min(default_k, n). A K above n is clipped to n (asking for "the best
+    100" of 40 candidates is not an error); K < 1 is.
+    """
+    if n < 1 or default_k < 1:
+        raise ValueError(f"n and default_k must be >= 1, got n={n}, default_k={default_k}")
+    if top_k is None:
+        return min(default_k, n)
+    if top_k.shape != (1,):
+        raise RequestError(f"input 'top_k' must have shape [1], got {list(top_k.shape)}")
+    if not np.issubdtype(top_k.dtype, np.integer):
+        raise RequestError(f"input 'top_k' must be an integer, got {top_k.dtype}")
+    k = int(top_k[0])
+    if k < 1:
+        raise RequestError(f"input 'top_k' must be >= 1, got {k}")
+    return min(k, n)
+
+
+def micro_batches(n: int, size: int) -> list[slice]:
+    """Split 0..n into ceil(n / size) contiguous, balanced slices, in order.
+
+    Balanced (lengths differ by at most one) so concurrent scorer calls finish
+    together: n=1025, size=512 gives 342, 342, 341 instead of 512, 512, 1.
+    n = 0 gives no slices.
+    """
+    if size < 1:
+        raise ValueError(f"micro-batch size must be >= 1, got {size}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if n == 0:
+        return []
+    count = -(-n // size)
+    base, extra = divmod(n, count)  # the first `extra` slices get one more
+    out, start = [], 0
+    for i in range(count):
+        stop = start + base + (i < extra)
+        out.append(slice(start, stop))
+        start = stop
+    return out
+
+
+def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest scores [N] -> [min(k, N)], descending, ties by lower index.
+
+    Identical to ``np.argsort(-scores, kind="stable")[:k]`` (NaN ranks last), in
+    O(N + k log k) for k << N: argpartition finds the k-th value t, then all
+    scores above t plus the lowest-index scores equal to t are sorted stably.
+    """
+    if scores.ndim != 1:
+        raise ValueError(f"scores must be 1-D, got shape {list(scores.shape)}")
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    n = scores.shape[0]
+    k = min(k, n)
+    neg = -scores  # ascending order of neg == descending order of scores
+    if k == 0:
+        return np.empty(0, dtype=np.intp)
+    if n < _PARTITION_MIN_N or 4 * k >= n:
+        return np.argsort(neg, kind="stable")[:k]
+    t = neg[np.argpartition(neg, k - 1)[k - 1]]  # k-th smallest of neg
+    if np.isnan(t):  # fewer than k non-NaN scores: the NaN order needs the full sort
+        return np.argsort(neg, kind="stable")[:k]
+    above = np.flatnonzero(neg < t)  # ascending index, fewer than k of them
+    tied = np.flatnonzero(neg == t)[: k - above.size]  # lowest indices first
+    # Every tied value is below every `above` value, so ties only occur inside
+    # each ascending group and the stable sort breaks them by index.
+    sel = np.concatenate([above, tied])  # (k,)
+    return sel[np.argsort(neg[sel], kind="stable")]
+
+
+def cascade_merge(light: np.ndarray, heavy_top: np.ndarray, top_idx: np.ndarray) -> np.ndarray:
+    """Final scores [N] of a cascade: light [N] on all, heavy_top [M] on light's top M (top_idx [M]).
+
+    Rule (scores are probabilities in [0, 1], as the scorers return):
+    - re-scored candidates get their heavy score: out[top_idx] = heavy_top;
+    - with floor = min(heavy_top), every other candidate gets light * 2**-e, e >= 0
+      the smallest integer with max(light[rest]) * 2**-e < floor. Rest scores that
+      are already below floor are kept unchanged (e = 0).
+    Scaling by a power of two is exact in floating point (outside the subnormal
+    range), so the rest keep their light order bit for bit (no new ties), all lie
+    in [0, floor) and therefore rank strictly below every re-scored candidate, and
+    the output stays in [0, 1].
+
+    Fallback when the scaling cannot work (floor <= 0, or a negative light score,
+    i.e. not probabilities): rest = floor - 1 - (max(light[rest]) - light), a shift
+    that keeps the rest's order (weakly, up to rounding) and puts them below floor.
+    """
+    if light.ndim != 1 or heavy_top.ndim != 1 or heavy_top.shape != top_idx.shape:
+        raise ValueError(
+            f"need light [N], heavy_top [M], top_idx [M]; got {list(light.shape)}, "
+            f"{list(heavy_top.shape)}, {list(top_idx.shape)}"
+        )
+    n, m = light.shape[0], heavy_top.shape[0]
+    dtype = np.result_type(light.dtype, heavy_top.dtype, np.float32)
+    out = light.astype(dtype, copy=True)
+    if m == 0:
+        return out
+    if top_idx.min() < 0 or top_idx.max() >= n:
+        raise ValueError(f"top_idx must lie in 0..{n - 1}, got {top_idx.min()}..{top_idx.max()}")
+    rest = np.ones(n, dtype=bool)
+    rest[top_idx] = False
+    if int(rest.sum()) != n - m:
+        raise ValueError("top_idx must not repeat an index")
+    out[top_idx] = heavy_top
+    if m == n:
+        return out
+    floor = float(heavy_top.min())
+    lo, hi = float(light[rest].min()), float(light[rest].max())
+    if floor > 0 and lo >= 0:
+        e = 0 if hi < floor else max(0, math.floor(math.log2(hi / floor)))
+        while math.ldexp(hi, -e) >= floor:  # at most two steps past the log2 estimate
+            e += 1
+        out[rest] = np.ldexp(out[rest], -e)
+    else:
+        out[rest] = (floor - 1.0) - (hi - light[rest].astype(np.float64))
+    return out
+
+
+def light_confidence(light: np.ndarray, k: int) -> float:
+    """Confidence in [0, 1] that light's top-k set [N] -> k is the right set.
+
+    Formula, with s the scores sorted descending (s[0] the best):
+        gap     = s[k-1] - s[k]                  (the margin at the top-k boundary)
+        spacing = (s[0] - s[N-1]) / (N - 1)      (the mean gap between neighbours)
+        conf    = gap / (gap + spacing)
+    A boundary gap equal to a typical gap gives 0.5, nine typical gaps 0.9; a clear
+    break between k winners and the rest approaches 1; ties at the boundary (or all
+    scores equal) give 0. k >= N gives 1.0: every candidate is returned. Non-finite
+    scores give 0 (nothing to trust). O(N) via np.partition.
+    """
+    if light.ndim != 1:
+        raise ValueError(f"light must be 1-D, got shape {list(light.shape)}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    n = light.shape[0]
+    if k >= n:
+        return 1.0
+    s = light.astype(np.float64)
+    if not np.all(np.isfinite(s)):
+        return 0.0
+    neg = np.partition(-s, [k - 1, k])
+    gap = float(neg[k] - neg[k - 1])  # s[k-1] - s[k] >= 0
+    spacing = float(s.max() - s.min()) / (n - 1)
+    if gap <= 0.0:
+        return 0.0
+    return gap / (gap + spacing)

@@ -1,0 +1,270 @@
+"""Adaptive routing for the `ranker` BLS model: which scorer tier fits the latency budget.
+
+ARM routes each request to the most effective model that fits its latency budget.
+Here that is decided in two steps, both pure functions over a learned cost model:
+
+1. ``plan_auto`` before any scoring: predict each route's latency from the number
+   of candidates N, the cost model's per-tier fixed + per-candidate costs and the
+   current load, and pick the best route that fits: heavy > cascade > light.
+2. ``settle_auto`` after the light scores exist (cascade plan only): when light is
+   already confident about its top-k set, stop there and save the heavy call.
+
+``CostModel`` learns the per-tier costs online from the BLS's own timings, so the
+routing follows the hardware it runs on (CPU ONNX Runtime, or FP8 TensorRT) without
+hand-tuned constants. Imports: numpy, stdlib and ``export.signature`` only.
+
+Symbols: N candidates, M candidates the heavy tier re-scores in a cascade, K results.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from model_repository.ranking import light_confidence
+
+TIERS: tuple[str, ...] = ("light", "heavy")
+PLANNED_ROUTES: tuple[str, ...] = ("light", "heavy", "cascade")  # what "auto" resolves to
+
+
+@dataclass(frozen=True)
+class TierCost:
+    """Latency model of one scorer tier: predicted_ms(n) = fixed_ms + per_candidate_ms * n."""
+
+    fixed_ms: float
+    per_candidate_ms: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.fixed_ms) and self.fixed_ms >= 0):
+            raise ValueError(f"fixed_ms must be finite and >= 0, got {self.fixed_ms}")
+        if not (math.isfinite(self.per_candidate_ms) and self.per_candidate_ms >= 0):
+            raise ValueError(f"per_candidate_ms must be finite and >= 0, got {self.per_candidate_ms}")
+
+    def predict(self, n: int) -> float:
+        return self.fixed_ms + self.per_candidate_ms * n
+
+
+class _Fit:
+    """Exponentially forgotten least squares of y = a + b * n (one tier).
+
+    Keeps the decayed sufficient statistics: with weight w_i = forgetting**age_i,
+    s0 = sum w, s1 = sum w n, s2 = sum w n^2, t0 = sum w y, t1 = sum w n y.
+    Each observation is O(1) and old timings fade with a memory of about
+    1 / (1 - forgetting) observations, so the fit follows load or clock changes.
+    """
+
+    def __init__(self, prior: TierCost) -> None:
+        self.prior = prior
+        self.count = 0
+        self.s0 = self.s1 = self.s2 = self.t0 = self.t1 = 0.0
+
+    def add(self, n: float, y: float, forgetting: float) -> None:
+        self.s0 = forgetting * self.s0 + 1.0
+        self.s1 = forgetting * self.s1 + n
+        self.s2 = forgetting * self.s2 + n * n
+        self.t0 = forgetting * self.t0 + y
+        self.t1 = forgetting * self.t1 + n * y
+        self.count += 1
+
+    def solve(self, min_observations: int) -> TierCost:
+        """The current estimate; the prior until ``min_observations`` timings arrived.
+
+        - Too few observations: the prior.
+        - All observed n (nearly) equal: fixed and per-candidate cost cannot be told
+          apart, so keep the prior's per-candidate cost and fit the fixed cost.
+        - Otherwise the weighted least-squares line, constrained to non-negative
+          costs: a negative slope becomes b = 0 (a = weighted mean), a negative
+          intercept becomes a = 0 (b fitted through the origin).
+        """
+        if self.count < min_observations:
+            return self.prior
+        det = self.s0 * self.s2 - self.s1 * self.s1  # s0 * weighted variance of n
+        if det <= 1e-9 * self.s0 * self.s2:
+            b = self.prior.per_candidate_ms
+            return TierCost(max(0.0, (self.t0 - b * self.s1) / self.s0), b)
+        b = (self.s0 * self.t1 - self.s1 * self.t0) / det
+        a = (self.t0 - b * self.s1) / self.s0
+        if b < 0:
+            return TierCost(max(0.0, self.t0 / self.s0), 0.0)
+        if a < 0:
+            return TierCost(0.0, max(0.0, self.t1 / self.s2))
+        return TierCost(a, b)
+
+
+class CostModel:
+    """Per-tier latency model learned online from the BLS's own scorer timings.
+
+    ``observe(tier, n, elapsed_ms)`` records the wall time of one tier stage on n
+    candidates (all its micro-batches, issued concurrently); ``predicted_ms`` is
+    fixed + per_candidate * n of the current fit. ``priors`` are used until a tier
+    has ``min_observations`` timings. Timings taken under load should pass the
+    load factor they ran under, so the model learns the unloaded cost that
+    ``predict_route_ms`` scales by the load at planning time.
+
+    Concurrency: every method is synchronous (no awaits), so under asyncio each
+    call is atomic; a lock also makes it safe from the backend's threads.
+    """
+
+    def __init__(self, priors: Mapping[str, TierCost], forgetting: float = 0.95, min_observations: int = 8) -> None:
+        if set(priors) != set(TIERS):
+            raise ValueError(f"priors must name exactly the tiers {TIERS}, got {sorted(priors)}")
+        if not 0 < forgetting <= 1:
+            raise ValueError(f"forgetting must lie in (0, 1], got {forgetting}")
+        if min_observations < 2:
+            raise ValueError(f"min_observations must be >= 2 (two unknowns), got {min_observations}")
+        self.forgetting = forgetting
+        self.min_observations = min_observations
+        self._fits = {tier: _Fit(priors[tier]) for tier in TIERS}
+        self._lock = threading.Lock()
+
+    def _fit(self, tier: str) -> _Fit:
+        if tier not in self._fits:
+            raise ValueError(f"unknown tier {tier!r}; tiers are {TIERS}")
+        return self._fits[tier]
+
+    def observe(self, tier: str, n: int, elapsed_ms: float, load_factor: float = 1.0) -> None:
+        """Record that ``tier`` scored ``n`` candidates in ``elapsed_ms`` at ``load_factor``."""
+        fit = self._fit(tier)
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if not (math.isfinite(elapsed_ms) and elapsed_ms >= 0):
+            raise ValueError(f"elapsed_ms must be finite and >= 0, got {elapsed_ms}")
+        if not (math.isfinite(load_factor) and load_factor >= 1):
+            raise ValueError(f"load_factor must be finite and >= 1, got {load_factor}")
+        with self._lock:
+            fit.add(float(n), elapsed_ms / load_factor, self.forgetting)
+
+    def cost(self, tier: str) -> TierCost:
+        """The current (fixed_ms, per_candidate_ms) estimate of ``tier``."""
+        fit = self._fit(tier)
+        with self._lock:
+            return fit.solve(self.min_observations)
+
+    def predicted_ms(self, tier: str, n: int) -> float:
+        """Unloaded latency of scoring ``n`` candidates on ``tier``."""
+        return self.cost(tier).predict(n)
+
+    def snapshot(self) -> dict[str, dict[str, float | int | bool]]:
+        """Plain-dict state per tier, for logs and metrics."""
+        out: dict[str, dict[str, float | int | bool]] = {}
+        for tier in TIERS:
+            c = self.cost(tier)
+            count = self._fits[tier].count
+            out[tier] = {
+                "fixed_ms": c.fixed_ms,
+                "per_candidate_ms": c.per_candidate_ms,
+                "observations": count,
+                "learned": count >= self.min_observations,
+            }
+        return out
+
+
+@dataclass(frozen=True)
+class RoutePolicy:
+    """How "auto" trades quality for latency.
+
+    cascade_m             heavy re-scores the light top max(cascade_m, k) in a cascade
+    confidence_threshold  light_confidence at or above which a cascade stops at light
+    default_budget_ms     budget of requests without ``latency_budget_ms``
+    parallelism           scorer instances (or cores) serving requests at once; the
+                          load factor is max(1, inflight / parallelism)
+    safety_factor         a route fits when predicted_ms * safety_factor <= budget,
+                          a margin for the cost model's error and the BLS overhead
+    """
+
+    cascade_m: int = 128
+    confidence_threshold: float = 0.9
+    default_budget_ms: float = 100.0
+    parallelism: int = 1
+    safety_factor: float = 1.2
+
+    def __post_init__(self) -> None:
+        if self.cascade_m < 1:
+            raise ValueError(f"cascade_m must be >= 1, got {self.cascade_m}")
+        if not 0 <= self.confidence_threshold <= 1:
+            raise ValueError(f"confidence_threshold must lie in [0, 1], got {self.confidence_threshold}")
+        if not (math.isfinite(self.default_budget_ms) and self.default_budget_ms > 0):
+            raise ValueError(f"default_budget_ms must be finite and > 0, got {self.default_budget_ms}")
+        if self.parallelism < 1:
+            raise ValueError(f"parallelism must be >= 1, got {self.parallelism}")
+        if not (math.isfinite(self.safety_factor) and self.safety_factor >= 1):
+            raise ValueError(f"safety_factor must be finite and >= 1, got {self.safety_factor}")
+
+    def load_factor(self, inflight: int) -> float:
+        """How much slower than unloaded: requests beyond ``parallelism`` queue up."""
+        return max(1.0, inflight / self.parallelism)
+
+    def cascade_size(self, n: int, k: int) -> int:
+        """M: at least k, so every returned result carries a heavy score; at most n."""
+        return min(n, max(self.cascade_m, k))
+
+
+def predict_route_ms(cost: CostModel, route: str, n: int, m: int, inflight: int, policy: RoutePolicy) -> float:
+    """Predicted latency of ``route`` on n candidates (cascade: heavy on m of them).
+
+    ``inflight`` counts the ranker requests being scored now, this one included;
+    the unloaded prediction is multiplied by max(1, inflight / parallelism) since
+    requests beyond the scorers' parallelism wait for a free instance.
+    """
+    if route == "light":
+        ms = cost.predicted_ms("light", n)
+    elif route == "heavy":
+        ms = cost.predicted_ms("heavy", n)
+    elif route == "cascade":
+        ms = cost.predicted_ms("light", n) + cost.predicted_ms("heavy", min(m, n))
+    else:
+        raise ValueError(f"cannot predict route {route!r}; routes are {PLANNED_ROUTES}")
+    return ms * policy.load_factor(inflight)
+
+
+@dataclass(frozen=True)
+class AutoPlan:
+    """The "auto" decision for one request, with the predictions it was based on.
+
+    route         "heavy" | "cascade" | "light" (settle_auto may turn cascade into light)
+    m             candidates the heavy tier re-scores if the route is cascade
+    budget_ms     the request's latency budget
+    load_factor   max(1, inflight / parallelism) at planning time
+    predicted_ms  predicted latency of each route, load included (for metrics/debug)
+    """
+
+    route: str
+    m: int
+    budget_ms: float
+    load_factor: float
+    predicted_ms: dict[str, float] = field(default_factory=dict)
+
+
+def plan_auto(cost: CostModel, n: int, k: int, budget_ms: float, inflight: int, policy: RoutePolicy) -> AutoPlan:
+    """Choose the best route predicted to fit ``budget_ms``, before any scoring.
+
+    heavy if heavy(N) fits; else cascade if light(N) + heavy(M) fits; else light,
+    which is the fallback even when it does not fit either (some answer beats none).
+    "Fits" means predicted_ms * safety_factor <= budget_ms.
+    """
+    if n < 1 or k < 1:
+        raise ValueError(f"n and k must be >= 1, got n={n}, k={k}")
+    m = policy.cascade_size(n, k)
+    predicted = {r: predict_route_ms(cost, r, n, m, inflight, policy) for r in PLANNED_ROUTES}
+    route = "light"
+    for candidate in ("heavy", "cascade"):
+        if predicted[candidate] * policy.safety_factor <= budget_ms:
+            route = candidate
+            break
+    return AutoPlan(route, m, budget_ms, policy.load_factor(inflight), predicted)
+
+
+def settle_auto(plan: AutoPlan, light_scores: np.ndarray, k: int, policy: RoutePolicy) -> str:
+    """The route finally taken once light scores [N] exist on a cascade plan.
+
+    If light is confident about its top-k set (light_confidence >= threshold) the
+    heavy re-score would change little: stop at "light" and save the heavy call.
+    Other plans are returned unchanged.
+    """
+    if plan.route != "cascade":
+        return plan.route
+    return "light" if light_confidence(light_scores, k) >= policy.confidence_threshold else "cascade"

@@ -1,0 +1,272 @@
+"""Unit tests of model_repository/routing.py: the learned cost model and the auto route."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model_repository.routing import (
+    AutoPlan,
+    CostModel,
+    RoutePolicy,
+    TierCost,
+    plan_auto,
+    predict_route_ms,
+    settle_auto,
+)
+
+# light(n) = 1 + 0.01 n, heavy(n) = 5 + 0.1 n. At n = 1000, m = 128:
+#   light 11 ms, heavy 105 ms, cascade 11 + 17.8 = 28.8 ms.
+PRIORS = {"light": TierCost(1.0, 0.01), "heavy": TierCost(5.0, 0.1)}
+N, K = 1000, 10
+POLICY = RoutePolicy(cascade_m=128, confidence_threshold=0.9, default_budget_ms=100.0, parallelism=2, safety_factor=1.0)
+
+
+def _cost(**kwargs) -> CostModel:
+    return CostModel(PRIORS, **kwargs)
+
+
+# --- CostModel ----------------------------------------------------------------------------------
+
+
+def test_priors_used_until_enough_observations():
+    cost = _cost(min_observations=4)
+    for i, n in enumerate([10, 100, 1000]):
+        cost.observe("heavy", n, 50.0 + n)
+        assert cost.cost("heavy") == PRIORS["heavy"], f"after {i + 1} observations"
+    cost.observe("heavy", 500, 550.0)
+    assert cost.cost("heavy").per_candidate_ms == pytest.approx(1.0)
+    assert cost.cost("light") == PRIORS["light"]  # tiers are independent
+
+
+@pytest.mark.parametrize(
+    "fixed, per_candidate, noise",
+    [(2.0, 0.05, 0.0), (0.0, 0.3, 0.0), (7.5, 0.0, 0.0), (3.0, 0.02, 0.2)],
+    ids=["exact", "no-fixed-cost", "no-per-candidate-cost", "noisy"],
+)
+def test_cost_model_recovers_known_costs(fixed, per_candidate, noise):
+    rng = np.random.default_rng(1)
+    cost = _cost(forgetting=0.98)
+    for n in rng.integers(16, 4097, 400):
+        elapsed = fixed + per_candidate * n + noise * rng.standard_normal()  # noise: jitter sd in ms
+        cost.observe("light", int(n), max(0.0, float(elapsed)))
+    got = cost.cost("light")
+    if noise == 0:
+        assert got.fixed_ms == pytest.approx(fixed, abs=1e-9)
+        assert got.per_candidate_ms == pytest.approx(per_candidate, abs=1e-12)
+    else:  # about 50 effective observations of 0.2 ms jitter
+        assert got.fixed_ms == pytest.approx(fixed, abs=0.2)
+        assert got.per_candidate_ms == pytest.approx(per_candidate, rel=0.02)
+    assert cost.predicted_ms("light", 1000) == pytest.approx(fixed + per_candidate * 1000, rel=0.01)
+
+
+def test_cost_model_forgets_old_timings():
+    cost = _cost(forgetting=0.9)
+    sizes = [64, 256, 1024, 4096]
+    for i in range(40):
+        n = sizes[i % 4]
+        cost.observe("heavy", n, 5.0 + 0.1 * n)
+    for i in range(200):  # the machine got twice as slow
+        n = sizes[i % 4]
+        cost.observe("heavy", n, 10.0 + 0.2 * n)
+    got = cost.cost("heavy")
+    assert got.fixed_ms == pytest.approx(10.0, rel=1e-3)
+    assert got.per_candidate_ms == pytest.approx(0.2, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "observations, expected",
+    [
+        # one size only: the prior's per-candidate cost, fixed cost fitted to the level
+        ([(100, 30.0)] * 8, TierCost(20.0, 0.1)),
+        # times fall with n: slope clipped to 0, fixed = mean time
+        ([(10, 40.0), (1000, 20.0)] * 4, TierCost(30.0, 0.0)),
+        # negative intercept: fixed clipped to 0, slope fitted through the origin
+        ([(100, 5.0), (200, 15.0)] * 4, TierCost(0.0, (100 * 5 + 200 * 15) / (100**2 + 200**2))),
+    ],
+    ids=["single-size", "negative-slope", "negative-intercept"],
+)
+def test_cost_model_constrained_fits(observations, expected):
+    cost = _cost(forgetting=1.0)
+    for n, ms in observations:
+        cost.observe("heavy", n, ms)
+    got = cost.cost("heavy")
+    assert got.fixed_ms == pytest.approx(expected.fixed_ms, abs=1e-9)
+    assert got.per_candidate_ms == pytest.approx(expected.per_candidate_ms, abs=1e-12)
+
+
+def test_observe_divides_out_the_load_factor():
+    cost = _cost()
+    for n in [100, 200, 300, 400] * 2:
+        cost.observe("light", n, 3.0 * (2.0 + 0.01 * n), load_factor=3.0)
+    assert cost.cost("light").fixed_ms == pytest.approx(2.0)
+    assert cost.cost("light").per_candidate_ms == pytest.approx(0.01)
+
+
+def test_snapshot():
+    cost = _cost(min_observations=2)
+    cost.observe("light", 10, 1.2)
+    cost.observe("light", 20, 1.4)
+    snap = cost.snapshot()
+    assert snap["light"] == {
+        "fixed_ms": pytest.approx(1.0),
+        "per_candidate_ms": pytest.approx(0.02),
+        "observations": 2,
+        "learned": True,
+    }
+    assert snap["heavy"] == {"fixed_ms": 5.0, "per_candidate_ms": 0.1, "observations": 0, "learned": False}
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda c: c.observe("medium", 10, 1.0), "unknown tier 'medium'"),
+        (lambda c: c.predicted_ms("medium", 10), "unknown tier 'medium'"),
+        (lambda c: c.observe("light", 0, 1.0), "n must be >= 1"),
+        (lambda c: c.observe("light", 10, float("nan")), "elapsed_ms must be finite"),
+        (lambda c: c.observe("light", 10, -1.0), "elapsed_ms must be finite and >= 0"),
+        (lambda c: c.observe("light", 10, 1.0, load_factor=0.5), "load_factor must be"),
+    ],
+    ids=["observe-tier", "predict-tier", "n-zero", "elapsed-nan", "elapsed-negative", "load-below-one"],
+)
+def test_cost_model_rejects(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(_cost())
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"priors": {"light": TierCost(1, 0)}}, "priors must name exactly"),
+        ({"forgetting": 0.0}, "forgetting"),
+        ({"forgetting": 1.5}, "forgetting"),
+        ({"min_observations": 1}, "min_observations"),
+    ],
+    ids=["missing-tier", "forgetting-zero", "forgetting-above-one", "min-observations"],
+)
+def test_cost_model_construction_rejects(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CostModel(**{"priors": PRIORS, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "fixed, per_candidate", [(-1.0, 0.0), (0.0, -0.1), (float("inf"), 0.0)], ids=["neg-fixed", "neg-slope", "inf"]
+)
+def test_tier_cost_rejects(fixed, per_candidate):
+    with pytest.raises(ValueError, match="must be finite and >= 0"):
+        TierCost(fixed, per_candidate)
+
+
+# --- RoutePolicy / predict_route_ms -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"cascade_m": 0}, "cascade_m"),
+        ({"confidence_threshold": 1.5}, "confidence_threshold"),
+        ({"default_budget_ms": 0.0}, "default_budget_ms"),
+        ({"parallelism": 0}, "parallelism"),
+        ({"safety_factor": 0.5}, "safety_factor"),
+    ],
+    ids=["cascade-m", "threshold", "budget", "parallelism", "safety"],
+)
+def test_route_policy_rejects(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RoutePolicy(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "route, n, m, inflight, expected",
+    [
+        ("light", N, 128, 1, 11.0),
+        ("heavy", N, 128, 1, 105.0),
+        ("cascade", N, 128, 1, 28.8),
+        ("cascade", 64, 128, 1, 1.64 + 11.4),  # m clipped to n
+        ("heavy", N, 128, 2, 105.0),  # 2 in flight on parallelism 2: no queueing
+        ("heavy", N, 128, 6, 315.0),  # 6 on 2: three times slower
+        ("light", N, 128, 0, 11.0),  # idle never predicts faster than unloaded
+    ],
+    ids=["light", "heavy", "cascade", "cascade-m-above-n", "load-at-parallelism", "load-3x", "idle"],
+)
+def test_predict_route_ms(route, n, m, inflight, expected):
+    assert predict_route_ms(_cost(), route, n, m, inflight, POLICY) == pytest.approx(expected)
+
+
+def test_predict_route_ms_rejects_auto():
+    with pytest.raises(ValueError, match="cannot predict route 'auto'"):
+        predict_route_ms(_cost(), "auto", N, 128, 1, POLICY)
+
+
+# --- plan_auto / settle_auto --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "budget_ms, expected",
+    [(500.0, "heavy"), (105.0, "heavy"), (104.0, "cascade"), (28.8, "cascade"), (28.0, "light"), (1.0, "light")],
+    ids=["ample", "heavy-exact", "just-below-heavy", "cascade-exact", "just-below-cascade", "nothing-fits"],
+)
+def test_plan_auto_as_budget_shrinks(budget_ms, expected):
+    plan = plan_auto(_cost(), N, K, budget_ms, inflight=1, policy=POLICY)
+    assert plan.route == expected
+    assert plan.m == 128 and plan.budget_ms == budget_ms and plan.load_factor == 1.0
+    assert plan.predicted_ms == pytest.approx({"light": 11.0, "heavy": 105.0, "cascade": 28.8})
+
+
+@pytest.mark.parametrize(
+    "inflight, expected",
+    [(1, "heavy"), (2, "heavy"), (3, "cascade"), (9, "cascade"), (10, "light"), (100, "light")],
+    ids=["alone", "at-parallelism", "queueing", "cascade-limit", "overloaded", "swamped"],
+)
+def test_plan_auto_as_load_grows(inflight, expected):
+    # budget 130 ms on parallelism 2: heavy fits while 105 * inflight / 2 <= 130 (inflight <= 2),
+    # cascade while 28.8 * inflight / 2 <= 130 (inflight 9: 129.6 fits; 10: 144 does not).
+    plan = plan_auto(_cost(), N, K, 130.0, inflight=inflight, policy=POLICY)
+    assert plan.route == expected
+    assert plan.load_factor == max(1.0, inflight / 2)
+
+
+def test_plan_auto_safety_factor_shrinks_what_fits():
+    policy = RoutePolicy(cascade_m=128, parallelism=2, safety_factor=1.5)
+    assert plan_auto(_cost(), N, K, 150.0, inflight=1, policy=policy).route == "cascade"  # 105 * 1.5 > 150
+    assert plan_auto(_cost(), N, K, 158.0, inflight=1, policy=policy).route == "heavy"
+
+
+@pytest.mark.parametrize(
+    "n, k, expected_m", [(1000, 10, 128), (1000, 300, 300), (50, 10, 50)], ids=["cascade-m", "k-above-m", "n-below-m"]
+)
+def test_plan_auto_cascade_size(n, k, expected_m):
+    assert plan_auto(_cost(), n, k, 100.0, inflight=1, policy=POLICY).m == expected_m
+
+
+def test_plan_auto_follows_the_learned_costs():
+    cost = _cost()
+    assert plan_auto(cost, N, K, 120.0, 1, POLICY).route == "heavy"
+    for n in [100, 500, 1000, 2000] * 3:  # heavy turns out 3x slower than its prior
+        cost.observe("heavy", n, 15.0 + 0.3 * n)
+    assert plan_auto(cost, N, K, 120.0, 1, POLICY).route == "cascade"
+
+
+CONFIDENT = np.array([0.99] * K + list(np.linspace(0.3, 0.0, N - K)))  # clear break after the top K
+UNSURE = np.linspace(1.0, 0.0, N)  # evenly spaced: boundary gap = typical gap -> confidence 0.5 (up to rounding)
+
+
+@pytest.mark.parametrize(
+    "route, scores, expected",
+    [
+        ("cascade", CONFIDENT, "light"),
+        ("cascade", UNSURE, "cascade"),
+        ("heavy", UNSURE, "heavy"),
+        ("light", UNSURE, "light"),
+    ],
+    ids=["confident-stops-at-light", "unsure-keeps-cascade", "heavy-unchanged", "light-unchanged"],
+)
+def test_settle_auto(route, scores, expected):
+    plan = AutoPlan(route, 128, 50.0, 1.0, {})
+    assert settle_auto(plan, scores, K, POLICY) == expected
+
+
+def test_settle_auto_threshold():
+    plan = AutoPlan("cascade", 128, 50.0, 1.0, {})
+    assert settle_auto(plan, UNSURE, K, RoutePolicy(confidence_threshold=0.49)) == "light"
+    assert settle_auto(plan, UNSURE, K, RoutePolicy(confidence_threshold=0.51)) == "cascade"
