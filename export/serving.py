@@ -37,7 +37,9 @@ class UserTowerServing(nn.Module):
     def forward(self, user_emb: torch.Tensor, history_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # (F_U, E), (L, E) -> user_state (1, D), history_kv (L, D): one request, every position valid
         user_state, history_kv = self.tower(user_emb.unsqueeze(0), history_emb.unsqueeze(0))
-        return user_state, history_kv[0]
+        # A constant-shape reshape so the exported graph declares user_state as [1, D], as the
+        # signature does (the tracer otherwise leaves dim 0 symbolic).
+        return user_state.reshape(1, self.tower.d_model), history_kv[0]
 
 
 class ScorerLightServing(nn.Module):

@@ -1,0 +1,111 @@
+"""Build and send adaptive_ranking requests with tritonclient (gRPC or HTTP).
+
+    from client.ranking_client import RankingRequest, infer
+    result = infer(grpc_client, RankingRequest.from_world(world, seed=0), route="cascade", top_k=10)
+
+Names and dtypes come from export/signature.py; nothing here knows the models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from export.signature import ADAPTIVE_RANKING
+from export.world import Requests
+
+MODEL_NAME = ADAPTIVE_RANKING.name
+
+
+@dataclass(frozen=True)
+class RankingRequest:
+    """One public request: a user, its history and N candidates (raw ids)."""
+
+    user_features: np.ndarray  # (F_U,) int64
+    history_ids: np.ndarray  # (L,) int64, oldest first
+    candidate_ids: np.ndarray  # (N,) int64
+    candidate_features: np.ndarray  # (N, F_C) int64
+
+    @classmethod
+    def from_requests(cls, requests: Requests, row: int) -> RankingRequest:
+        """Row ``row`` of a batch of world (or MovieLens) requests, history unpadded."""
+        n_hist = int(requests.history_len[row])
+        return cls(
+            requests.user_features[row],
+            np.ascontiguousarray(requests.history_ids[row, :n_hist]),
+            requests.candidate_ids[row],
+            requests.candidate_features[row],
+        )
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "user_features": self.user_features,
+            "history_ids": self.history_ids,
+            "candidate_ids": self.candidate_ids,
+            "candidate_features": self.candidate_features,
+        }
+
+
+@dataclass(frozen=True)
+class RankingResult:
+    top_ids: np.ndarray  # (K,)
+    top_scores: np.ndarray  # (K,)
+    scores: np.ndarray  # (N,)
+    route: str
+
+
+def _module(client: object) -> ModuleType:
+    return grpcclient if isinstance(client, grpcclient.InferenceServerClient) else httpclient
+
+
+def build_inputs(module: ModuleType, arrays: dict[str, np.ndarray], top_k: int | None = None) -> list:
+    """tritonclient InferInputs for the ensemble, typed by the signature."""
+    if top_k is not None:
+        arrays = {**arrays, "top_k": np.array([top_k], dtype=np.int32)}
+    inputs = []
+    for spec in ADAPTIVE_RANKING.inputs:
+        if spec.name not in arrays:
+            continue
+        array = np.ascontiguousarray(arrays[spec.name])
+        tensor = module.InferInput(spec.name, list(array.shape), spec.dtype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
+def request_parameters(route: str | None, latency_budget_ms: float | None) -> dict[str, object]:
+    params: dict[str, object] = {}
+    if route is not None:
+        params["route"] = route
+    if latency_budget_ms is not None:
+        params["latency_budget_ms"] = float(latency_budget_ms)
+    return params
+
+
+def infer(
+    client: grpcclient.InferenceServerClient | httpclient.InferenceServerClient,
+    request: RankingRequest | dict[str, np.ndarray],
+    route: str | None = None,
+    latency_budget_ms: float | None = None,
+    top_k: int | None = None,
+) -> RankingResult:
+    """Send one request; raises tritonclient's InferenceServerException on an error answer."""
+    arrays = request.arrays() if isinstance(request, RankingRequest) else request
+    module = _module(client)
+    outputs = [module.InferRequestedOutput(name) for name in ADAPTIVE_RANKING.output_names]
+    response = client.infer(
+        MODEL_NAME,
+        build_inputs(module, arrays, top_k),
+        outputs=outputs,
+        parameters=request_parameters(route, latency_budget_ms) or None,
+    )
+    return RankingResult(
+        response.as_numpy("top_ids"),
+        response.as_numpy("top_scores"),
+        response.as_numpy("scores"),
+        response.as_numpy("route")[0].decode(),
+    )
