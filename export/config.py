@@ -19,10 +19,10 @@ class WorldConfig:
     """The synthetic world (export/world.py)."""
 
     n_users: int = 2_000
-    n_items: int = 5_000
-    n_creators: int = 400
+    n_items: int = 2_000
+    n_creators: int = 200
     n_topics: int = 16
-    latent_dim: int = 24
+    latent_dim: int = 16
     n_age_buckets: int = 8
     n_regions: int = 32
     n_devices: int = 4
@@ -41,10 +41,10 @@ class EmbeddingConfig:
     """Unified table. ``row_budget`` bounds the rows before pruning; features whose
     cardinality fits their share get one row per value, larger ones are hashed."""
 
-    dim: int = 16
+    dim: int = 32
     row_budget: int = 8_000
     min_buckets: int = 64
-    prune_min_count: int = 1  # rows touched fewer times in training fall back to the shared row
+    prune_min_count: int = 10  # rows looked up fewer times in training share the fallback row
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class HeavyConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 1_500
+    steps: int = 3_000
     batch_requests: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-5
@@ -108,7 +108,7 @@ PRESETS: dict[str, Preset] = {
             history_min=4, history_max=24, train_requests=1_500, train_candidates=16,
             eval_requests=60, eval_candidates=64,
         ),
-        embedding=EmbeddingConfig(dim=8, row_budget=1_200, min_buckets=16),
+        embedding=EmbeddingConfig(dim=8, row_budget=1_200, min_buckets=16, prune_min_count=2),
         tower=UserTowerConfig(d_model=16, n_heads=2, n_layers=1),
         light=LightConfig(hidden=(16,)),
         heavy=HeavyConfig(n_heads=2, hidden=(32, 16)),

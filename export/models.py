@@ -133,18 +133,28 @@ class EmbeddingLookup(nn.Module):
         }
 
 
-def attention(
+def attention_logits(
     q: torch.Tensor,  # (G, n, H, dh)
     k: torch.Tensor,  # (G, T, H, dh)
-    v: torch.Tensor,  # (G, T, H, dh)
     valid: torch.Tensor,  # (G, n or 1, T) bool: which keys each query may see
     head_dim: int,  # a Python int, so the scale is a constant in the exported graph
 ) -> torch.Tensor:
-    """Masked multi-head attention -> (G, n, H * dh). Plain matmuls: exports cleanly."""
-    logits = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) / math.sqrt(head_dim)  # (G, H, n, T)
-    logits = logits.masked_fill(~valid.unsqueeze(1), MASK_VALUE)
+    """Scaled, masked attention logits -> (G, H, n, T)."""
+    logits = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) / math.sqrt(head_dim)
+    return logits.masked_fill(~valid.unsqueeze(1), MASK_VALUE)
+
+
+def attend(logits: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Softmax over keys: logits (G, H, n, T), v (G, T, H, dh) -> (G, n, H * dh)."""
     out = torch.matmul(torch.softmax(logits, dim=-1), v.transpose(1, 2))  # (G, H, n, dh)
     return out.transpose(1, 2).flatten(2)
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, head_dim: int
+) -> torch.Tensor:
+    """Masked multi-head attention -> (G, n, H * dh). Plain matmuls: exports cleanly."""
+    return attend(attention_logits(q, k, valid, head_dim), v)
 
 
 class Block(nn.Module):
@@ -261,14 +271,26 @@ class ScorerHeavy(nn.Module):
         self.cand_proj = nn.Linear(cand_in, h0, bias=False)
         self.attn_proj = nn.Linear(d_model, h0, bias=False)
         self.inter_proj = nn.Linear(d_model, h0, bias=False)
+        self.max_proj = nn.Linear(cfg.n_heads, h0, bias=False)
         self.head = mlp(cfg.hidden)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(*x.shape[:-1], self.n_heads, self.head_dim)  # (..., H, dh)
 
-    def _head(self, user: torch.Tensor, cand: torch.Tensor, q: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
-        # user (N, H0) gathered; cand (N, C*E); q, att (N, D)
-        h = user + self.cand_proj(cand) + self.attn_proj(att) + self.inter_proj(q * att)
+    def _target_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """q (G, n, D), k and v (G, T, D), valid (G, n|1, T) -> attended (G, n, D) and the
+        best match per head (G, n, H): max-pooled logits, the "closest history item" signal
+        that a softmax average blurs."""
+        logits = attention_logits(self._split(q), self._split(k), valid, self.head_dim)  # (G, H, n, T)
+        return attend(logits, self._split(v)), logits.amax(dim=-1).transpose(1, 2)
+
+    def _head(
+        self, user: torch.Tensor, cand: torch.Tensor, q: torch.Tensor, att: torch.Tensor, best: torch.Tensor
+    ) -> torch.Tensor:
+        # user (N, H0) gathered; cand (N, C*E); q, att (N, D); best (N, H)
+        h = user + self.cand_proj(cand) + self.attn_proj(att) + self.inter_proj(q * att) + self.max_proj(best)
         return self.head(torch.relu(h))[:, 0]  # (N,)
 
     def forward(
@@ -288,14 +310,8 @@ class ScorerHeavy(nn.Module):
         valid = (col_user.unsqueeze(0) == candidate_user.unsqueeze(1)) & (
             col_pos < history_len[col_user]
         ).unsqueeze(0)  # (N, B*L)
-        att = attention(
-            self._split(q).unsqueeze(0),
-            self._split(k).unsqueeze(0),
-            self._split(v).unsqueeze(0),
-            valid.unsqueeze(0),
-            self.head_dim,
-        )[0]  # (N, D)
-        return self._head(self.user_proj(user_state)[candidate_user], cand, q, att)
+        att, best = self._target_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), valid.unsqueeze(0))
+        return self._head(self.user_proj(user_state)[candidate_user], cand, q, att[0], best[0])  # (N,)
 
     def forward_grouped(
         self,
@@ -316,10 +332,10 @@ class ScorerHeavy(nn.Module):
         else:
             pos = torch.arange(history_kv.shape[1], device=history_kv.device)
             valid = (pos.unsqueeze(0) < history_len.unsqueeze(1)).unsqueeze(1)  # (B, 1, L)
-        att = attention(self._split(q), self._split(k), self._split(v), valid, self.head_dim)  # (B, n, D)
+        att, best = self._target_attention(q, k, v, valid)  # (B, n, D), (B, n, H)
         user = self.user_proj(user_state).unsqueeze(1).expand(b, n, -1)  # (B, n, H0) view, no copy
         return self._head(user.reshape(b * n, -1), cand.reshape(b * n, -1), q.reshape(b * n, -1),
-                          att.reshape(b * n, -1)).reshape(b, n)
+                          att.reshape(b * n, -1), best.reshape(b * n, -1)).reshape(b, n)
 
 
 class RankingModel(nn.Module):

@@ -23,11 +23,12 @@ from torch import nn
 
 from export.config import Preset, cardinalities
 from export.models import RankingModel
+from export.signature import CANDIDATE_FEATURES, ITEM_FEATURE, USER_FEATURES
 from export.world import Requests
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1  # bump when the model code changes what a checkpoint means
+CHECKPOINT_FORMAT = 2  # bump when the model code changes what a checkpoint means
 
 
 def build_model(preset: Preset) -> RankingModel:
@@ -70,8 +71,6 @@ def row_usage(model: RankingModel, requests: Requests) -> torch.Tensor:
     """How often each hashed table row is looked up by ``requests`` -> (total_rows,) int64."""
     emb = model.embedding
     t = to_tensors(requests)
-    from export.signature import CANDIDATE_FEATURES, ITEM_FEATURE, USER_FEATURES
-
     hist_valid = torch.arange(t["history_ids"].shape[1]) < t["history_len"].unsqueeze(1)
     rows = [
         emb.rows(t["user_features"], USER_FEATURES).flatten(),
