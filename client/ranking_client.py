@@ -1,9 +1,13 @@
 """Build and send adaptive_ranking requests with tritonclient (gRPC or HTTP).
 
     from client.ranking_client import RankingRequest, infer
-    result = infer(grpc_client, RankingRequest.from_world(world, seed=0), route="cascade", top_k=10)
+    request = RankingRequest.from_requests(world.sample_requests(1, 256, seed=0), row=0)
+    result = infer(grpc_client, request, route="cascade", top_k=10)
 
 Names and dtypes come from export/signature.py; nothing here knows the models.
+``build_inputs``, ``requested_outputs``, ``request_parameters`` and ``result_from_response``
+are the pieces ``infer`` is made of; client/shared_memory.py and client/async_client.py
+reuse them with other inputs or other (asyncio) clients.
 """
 
 from __future__ import annotations
@@ -58,7 +62,8 @@ class RankingResult:
     route: str
 
 
-def _module(client: object) -> ModuleType:
+def protocol_module(client: object) -> ModuleType:
+    """``tritonclient.grpc`` for a gRPC client, else ``tritonclient.http`` (their InferInput etc.)."""
     return grpcclient if isinstance(client, grpcclient.InferenceServerClient) else httpclient
 
 
@@ -86,26 +91,48 @@ def request_parameters(route: str | None, latency_budget_ms: float | None) -> di
     return params
 
 
-def infer(
-    client: grpcclient.InferenceServerClient | httpclient.InferenceServerClient,
-    request: RankingRequest | dict[str, np.ndarray],
-    route: str | None = None,
-    latency_budget_ms: float | None = None,
-    top_k: int | None = None,
-) -> RankingResult:
-    """Send one request; raises tritonclient's InferenceServerException on an error answer."""
-    arrays = request.arrays() if isinstance(request, RankingRequest) else request
-    module = _module(client)
-    outputs = [module.InferRequestedOutput(name) for name in ADAPTIVE_RANKING.output_names]
-    response = client.infer(
-        MODEL_NAME,
-        build_inputs(module, arrays, top_k),
-        outputs=outputs,
-        parameters=request_parameters(route, latency_budget_ms) or None,
-    )
+def requested_outputs(module: ModuleType) -> list:
+    """Every output of the ensemble, read normally (not through shared memory)."""
+    return [module.InferRequestedOutput(name) for name in ADAPTIVE_RANKING.output_names]
+
+
+def result_from_response(response: object) -> RankingResult:
+    """A tritonclient InferResult (gRPC or HTTP, blocking or asyncio) as a RankingResult."""
     return RankingResult(
         response.as_numpy("top_ids"),
         response.as_numpy("top_scores"),
         response.as_numpy("scores"),
         response.as_numpy("route")[0].decode(),
     )
+
+
+def timeout_kwargs(module: ModuleType, client_timeout: float | None) -> dict[str, float]:
+    """``client_timeout`` for a gRPC ``infer`` call; ValueError for HTTP, whose client takes
+    its timeout once, as ``network_timeout`` when it is created."""
+    if client_timeout is None:
+        return {}
+    if module is not grpcclient:
+        raise ValueError("client_timeout is a gRPC option; create the HTTP client with network_timeout instead")
+    return {"client_timeout": client_timeout}
+
+
+def infer(
+    client: grpcclient.InferenceServerClient | httpclient.InferenceServerClient,
+    request: RankingRequest | dict[str, np.ndarray],
+    route: str | None = None,
+    latency_budget_ms: float | None = None,
+    top_k: int | None = None,
+    client_timeout: float | None = None,
+) -> RankingResult:
+    """Send one request; raises tritonclient's InferenceServerException on an error answer.
+    ``client_timeout`` (seconds, gRPC only) is the call's deadline (``timeout_kwargs``)."""
+    arrays = request.arrays() if isinstance(request, RankingRequest) else request
+    module = protocol_module(client)
+    response = client.infer(
+        MODEL_NAME,
+        build_inputs(module, arrays, top_k),
+        outputs=requested_outputs(module),
+        parameters=request_parameters(route, latency_budget_ms) or None,
+        **timeout_kwargs(module, client_timeout),
+    )
+    return result_from_response(response)
