@@ -1,6 +1,8 @@
 # Adaptive ranking on Triton: `make` lists the targets.
 
 PY := .venv/bin/python
+# Importing model_repository.* would leave model_repository/__pycache__, which Triton takes for a model.
+export PYTHONDONTWRITEBYTECODE := 1
 PRESET ?= small
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
@@ -45,3 +47,17 @@ test: venv ## Export the tiny preset and run the tests
 
 lint: venv ## Lint with ruff
 	.venv/bin/ruff check .
+
+.PHONY: bench bench-smoke
+
+bench: venv ## perf_analyzer sweep of the exported models (PRESET=small) -> perf/results/ (report.md, plots)
+	$(PY) -m perf.sweep --profile full --preset $(PRESET) --results perf/results
+	$(PY) -m perf.summary --results perf/results
+	$(PY) -m perf.plots --results perf/results
+	$(PY) -m perf.report --results perf/results
+
+bench-smoke: venv ## Tiny perf sweep for CI (N 16, 64; concurrency 1) -> perf/results/smoke/
+	$(PY) -m perf.sweep --profile smoke --results perf/results/smoke
+	$(PY) -m perf.summary --results perf/results/smoke
+	$(PY) -m perf.plots --results perf/results/smoke
+	$(PY) -m perf.report --results perf/results/smoke

@@ -1,0 +1,144 @@
+"""Markdown report of a sweep, generated from its files: summary.json, sweep.json, plots/.
+
+    .venv/bin/python -m perf.report --results perf/results      # part of make bench
+
+Names the hardware and the exported preset, computes the DESIGN.md target ratios
+(perf/targets.py) and shows each as met / MISSED / not measured, lists every skipped
+or unstable point, and shows where the time of a request goes (perf_analyzer's
+per-model breakdown of the ensemble and the ranker's BLS calls).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from perf.plots import PLOT_NAMES
+from perf.targets import evaluate_targets
+
+log = logging.getLogger(__name__)
+
+
+def _f(x: float | None, digits: int = 2) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _targets(summary: dict, manifest: dict) -> list[str]:
+    rows = [
+        [t.name, t.formula, _f(t.value, 3), f"{t.op} {t.threshold:g}", f"**{t.status}**", t.note]
+        for t in evaluate_targets(summary, manifest["focus_n"])
+    ]
+    return ["## Targets", "", *_table(["target", "ratio", "value", "target", "status", "note"], rows), ""]
+
+
+def _scaling(summary: dict) -> list[str]:
+    s = summary["scaling"]
+    rows = []
+    for i, n in enumerate(s["n"]):
+        auto, heavy, base = s["auto_p50_ms"][i], s["heavy_p50_ms"][i], s["baseline_p50_ms"][i]
+        ratio = base / auto if base is not None and auto else None
+        rows.append([str(n), _f(auto), _f(heavy), _f(base), _f(ratio, 1)])
+    header = ["N", "auto p50 (ms)", "heavy p50 (ms)", "baseline p50 (ms)", "baseline / auto"]
+    return ["## Latency vs N (perf_analyzer, concurrency 1)", "", *_table(header, rows), ""]
+
+
+def _routes(summary: dict, manifest: dict) -> list[str]:
+    taken = {r: v.get("taken", {}) for r, v in manifest["ndcg"]["routes"].items()}
+    rows = [
+        [route, _f(e["ndcg10"], 4), _f(e["p50_ms"]), ", ".join(f"{k} {v}" for k, v in taken.get(route, {}).items())]
+        for route, e in summary["routes"].items()
+    ]
+    n, count = manifest["ndcg"]["n"], manifest["ndcg"]["requests"]
+    return [
+        f"## Routes at N={n}", "",
+        f"NDCG@10 of served scores against the world's ground truth over {count} requests; p50 from perf_analyzer.",
+        "", *_table(["route", "NDCG@10", "p50 (ms)", "routes taken"], rows), "",
+    ]  # fmt: skip
+
+
+def _overhead_and_throughput(summary: dict, manifest: dict) -> list[str]:
+    o, ip = summary["overhead"], manifest["inprocess"]
+    lines = [
+        "## Serving overhead", "",
+        f"Route `{ip['route']}` at N={ip['n']}: served p50 {_f(o['served_p50_ms'])} ms (Triton, gRPC, ensemble, BLS) "
+        f"vs in-process {_f(o['inprocess_p50_ms'])} ms (client/inprocess.py, median of {ip['repeats']} calls, "
+        f"{ip['threads']} ONNX Runtime threads).", "",
+        f"## Throughput (auto route, N={manifest['focus_n']})", "",
+    ]  # fmt: skip
+    rows = [[str(p["concurrency"]), _f(p["infer_per_s"], 1), _f(p["p99_ms"]), f"{p['candidates_per_s']:,.0f}"]
+            for p in summary["throughput"]]
+    return lines + _table(["concurrency", "infer/s", "p99 (ms)", "candidates/s"], rows) + [""]
+
+
+def _breakdown(manifest: dict) -> list[str]:
+    rows = []
+    for run in manifest["runs"]:
+        if run["n"] != manifest["focus_n"] or not run["composing"].get("1"):
+            continue
+        for model, parts in sorted(run["composing"]["1"].items()):
+            rows.append([run["name"], model, _f(parts.get("latency_ms")), _f(parts.get("queue_ms")),
+                         _f(parts.get("compute_infer_ms"))])
+    if not rows:
+        return []
+    header = ["run", "model", "avg latency (ms)", "queue (ms)", "compute infer (ms)"]
+    return [f"## Where the time goes (N={manifest['focus_n']}, concurrency 1)", "",
+            "perf_analyzer's server-side averages per composing model (ensemble steps and the ranker's BLS calls).",
+            "", *_table(header, rows), ""]
+
+
+def _gaps(manifest: dict) -> list[str]:
+    window = manifest["settings"]["window"]
+    lines = [f"- skipped {s['model']} at N={s['n']}: {s['reason']}" for s in manifest["skipped"]]
+    lines += [f"- {r['name']}: no stable measurement at concurrency {r['missing']} ({'; '.join(r['attempts'])})"
+              for r in manifest["runs"] if r["missing"]]
+    retried = [f"{r['name']} ({', '.join(f'c={c} ±{pct}%' for c, pct in r['loose'].items())})"
+               for r in manifest["runs"] if r["loose"]]
+    if retried:
+        lines.append(f"- not stable within ±{window['stability_pct']}% in the first pass, measured on a separate "
+                     f"retry with 2x the requests per window at the looser threshold shown: {'; '.join(retried)}")
+    return ["## Skipped and unstable points", "", *(lines or ["- none"]), ""]
+
+
+def render(summary: dict, manifest: dict) -> str:
+    settings = manifest["settings"]
+    head = [
+        "# Adaptive ranking on Triton: perf_analyzer sweep", "",
+        f"- hardware: **{summary['hardware']}**",
+        f"- models: preset **{manifest['preset']}** (CPU profile, ONNX Runtime in the Python backend)",
+        f"- sweep: profile `{manifest['profile']}`, N {settings['ns']}, routes {settings['routes']}, "
+        f"concurrency {settings['concurrency']}; took {manifest['wall_s']:.0f} s",
+        "- generated by perf/report.py from summary.json and sweep.json; CSVs and perf_analyzer logs in csv/", "",
+    ]  # fmt: skip
+    plots = ["## Plots", "", *[f"![{name}](plots/{name})" for name in PLOT_NAMES], ""]
+    body = (_targets(summary, manifest) + _scaling(summary) + _routes(summary, manifest)
+            + _overhead_and_throughput(summary, manifest) + _breakdown(manifest) + _gaps(manifest) + plots)
+    return "\n".join(head + body) + "\n"
+
+
+def write_report(results: Path) -> Path:
+    summary = json.loads((results / "summary.json").read_text())
+    manifest = json.loads((results / "sweep.json").read_text())
+    path = results / "report.md"
+    path.write_text(render(summary, manifest))
+    log.info("wrote %s", path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=Path("perf/results"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    write_report(args.results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

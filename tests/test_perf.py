@@ -1,0 +1,217 @@
+"""perf/: input JSON, CSV parsing, targets, and a short real perf_analyzer sweep against the server.
+
+Unit tests use tiny hand-written inputs (a CSV in perf_analyzer's format, a summary);
+the integration test runs perf/sweep.py's ``sweep`` with a one-N, two-route config on
+the session's Triton server, then writes summary.json, the plots and the report from
+its files. No timing is asserted: only that the pipeline produces well-formed files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from client.local_server import REPO_ROOT, RunningServer
+from export.config import PRESETS
+from export.signature import ADAPTIVE_RANKING, F_C, F_U, PER_CANDIDATE_BASELINE
+from export.world import make_world
+from perf.analyzer import Window, concurrency_range
+from perf.inputs import input_data, tensor_entry, tiled, world_requests, write_inputs
+from perf.parse import parse_composing, parse_csv, parse_csv_text, row_at
+from perf.plots import write_plots
+from perf.report import write_report
+from perf.summary import check_schema, write_summary
+from perf.sweep import SweepConfig, _baseline, exported_preset, finish, sweep
+from perf.targets import MET, MISSED, NOT_MEASURED, evaluate_targets
+
+# perf_analyzer -f output (rows sorted by throughput, latencies in usec), with --verbose-csv's extra columns.
+PA_CSV = """\
+Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,\
+Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency,\
+request/response,response wait
+1,168.308,9,1124,2,87,4159,531,6,4644,9488,11960,17792,9,4600
+3,190.5,17,14435,3,165,8845,706,11,21125,35719,40083,74999,28,24111
+2,183.115,13,5308,2,101,4957,499,6,9660,16200,19859,28137,13,9600
+"""
+
+PA_STDOUT = """\
+Request concurrency: 1
+  Client:
+    p50 latency: 4644 usec
+  Server:
+    Avg request latency: 7502 usec (overhead 0 usec + queue 1974 usec + compute 5560 usec)
+  Composing models:
+  ranker, version: 1
+      Inference count: 10
+      Avg request latency: 5136 usec (overhead 2 usec + queue 1543 usec + compute input 32 usec + compute infer 3228 usec + compute output 330 usec)
+  scorer_heavy, version: 1
+      Avg request latency: 1186 usec (overhead 3 usec + queue 137 usec + compute input 44 usec + compute infer 927 usec + compute output 73 usec)
+"""  # noqa: E501
+
+
+def test_parse_csv_sorts_by_concurrency_in_ms(tmp_path: Path) -> None:
+    path = tmp_path / "run.csv"
+    path.write_text(PA_CSV)
+    rows = parse_csv(path)
+    assert [r.concurrency for r in rows] == [1, 2, 3]
+    first = row_at(rows, 1)
+    assert first is not None
+    assert first.infer_per_s == pytest.approx(168.308)
+    assert (first.p50_ms, first.p90_ms, first.p95_ms, first.p99_ms) == pytest.approx((4.644, 9.488, 11.96, 17.792))
+    assert first.compute_infer_ms == pytest.approx(4.159)
+    assert row_at(rows, 4) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("Concurrency,Inferences/Second,p50 latency\n1,2.0,3\n", "missing columns"),
+        ("Concurrency,Inferences/Second,p50 latency,p90 latency,p95 latency,p99 latency\n1,x,1,2,3,4\n", "line 2"),
+    ],
+    ids=["missing-percentiles", "bad-value"],
+)
+def test_parse_csv_rejects(text: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        parse_csv_text(text, "bad.csv")
+
+
+def test_parse_composing_reads_model_breakdown() -> None:
+    models = parse_composing(PA_STDOUT)[1]
+    assert set(models) == {"ranker", "scorer_heavy"}
+    assert models["ranker"]["latency_ms"] == pytest.approx(5.136)
+    assert models["ranker"]["queue_ms"] == pytest.approx(1.543)
+    assert models["scorer_heavy"]["compute_infer_ms"] == pytest.approx(0.927)
+
+
+@pytest.mark.parametrize(
+    ("levels", "expected"), [((1,), "1"), ((1, 2, 3, 4), "1:4:1"), ((1, 3, 5), "1:5:2")], ids=["one", "step1", "step2"]
+)
+def test_concurrency_range(levels: tuple[int, ...], expected: str) -> None:
+    assert concurrency_range(levels) == expected
+
+
+def test_concurrency_range_rejects_uneven() -> None:
+    with pytest.raises(ValueError, match="evenly spaced"):
+        concurrency_range((1, 2, 4))
+
+
+@pytest.mark.parametrize(
+    ("array", "dtype", "content"),
+    [
+        (np.array([[1, 2], [3, 4]], dtype=np.int64), "INT64", [1, 2, 3, 4]),
+        (np.array([1.0, 2.5], dtype=np.float32), "FP32", [1.0, 2.5]),
+    ],
+    ids=["int64", "fp32"],
+)
+def test_tensor_entry_shape_and_json_types(array: np.ndarray, dtype: str, content: list) -> None:
+    entry = tensor_entry(array, dtype)
+    assert entry == {"content": content, "shape": list(array.shape)}
+    element = type(content[0])
+    assert all(type(v) is element for v in entry["content"])  # JSON 1 vs 1.0 matters to perf_analyzer
+    assert ("1.0" in json.dumps(entry)) == (dtype == "FP32")
+
+
+def test_input_files_have_explicit_shapes(tmp_path: Path) -> None:
+    world = make_world(PRESETS["tiny"].world)
+    files = write_inputs(world, (16,), 3, tmp_path)[16]
+    ranking = json.loads(files.ranking.read_text())["data"]
+    baseline = json.loads(files.baseline.read_text())["data"]
+    assert len(ranking) == len(baseline) == 3
+    assert len({json.dumps(r["candidate_ids"]) for r in ranking}) == 3  # distinct requests
+    for req, base in zip(ranking, baseline):
+        assert set(req) == set(ADAPTIVE_RANKING.input_names) - {"top_k"}
+        assert set(base) == set(PER_CANDIDATE_BASELINE.input_names)
+        for entry in (*req.values(), *base.values()):
+            assert len(entry["content"]) == int(np.prod(entry["shape"]))
+            assert all(type(v) is int and v >= 0 for v in entry["content"])
+        hist = req["history_ids"]["shape"][0]
+        assert req["user_features"]["shape"] == [F_U]
+        assert req["candidate_features"]["shape"] == [16, F_C]
+        assert base["user_features"]["shape"] == [16, F_U]
+        assert base["history_ids"]["shape"] == [16, hist]
+        assert base["history_ids"]["content"][:hist] == req["history_ids"]["content"]
+
+
+def test_input_data_rejects_wrong_dtype() -> None:
+    request = world_requests(make_world(PRESETS["tiny"].world), 4, 1)[0][0]
+    arrays = {**tiled(request), "candidate_ids": request.candidate_ids.astype(np.int32)}
+    with pytest.raises(ValueError, match="candidate_ids"):
+        input_data(PER_CANDIDATE_BASELINE, [arrays])
+
+
+def _summary(baseline_1024: float | None, cascade_ms: float) -> dict:
+    return {
+        "hardware": "test CPU, 2 cores",
+        "scaling": {"n": [64, 1024, 4096], "auto_p50_ms": [2.0, 4.0, 10.0], "heavy_p50_ms": [2.0, 8.0, 20.0],
+                    "baseline_p50_ms": [10.0, baseline_1024, None]},
+        "routes": {"heavy": {"ndcg10": 0.80, "p50_ms": 10.0}, "cascade": {"ndcg10": 0.796, "p50_ms": cascade_ms}},
+        "overhead": {"served_p50_ms": 3.0, "inprocess_p50_ms": 2.5},
+        "throughput": [],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("summary", "route_n", "expected"),
+    [
+        (_summary(400.0, 3.0), 1024, [MET, MET, MET, MET, MET]),
+        (_summary(100.0, 5.0), 1024, [MISSED, MET, MET, MISSED, MET]),
+        (_summary(None, 3.0), 64, [NOT_MEASURED, MET, NOT_MEASURED, NOT_MEASURED, NOT_MEASURED]),
+    ],
+    ids=["all-met", "misses-shown", "not-measured"],
+)
+def test_targets(summary: dict, route_n: int, expected: list[str]) -> None:
+    check_schema(summary)
+    assert [t.status for t in evaluate_targets(summary, route_n)] == expected
+
+
+def test_short_sweep_against_server(triton_server: RunningServer, tmp_path: Path) -> None:
+    cfg = SweepConfig(
+        ns=(16,),
+        routes=("auto", "heavy"),
+        concurrency=(1,),
+        window=Window(interval_ms=300, request_count=5, stability_pct=100, max_trials=4, retry_stability_pct=(300,)),
+        requests_per_file=2,
+        ndcg_requests=2,
+        inprocess_repeats=3,
+    )
+    manifest = sweep(triton_server, cfg, exported_preset(), tmp_path)
+    finish(manifest, cfg, "test", REPO_ROOT / "model_repository", tmp_path, start=0.0)
+
+    runs = {r["name"]: r for r in manifest["runs"]}
+    assert set(runs) == {"auto-n16", "heavy-n16", "baseline-n16"}
+    heavy = [row for csv in runs["heavy-n16"]["csv"] for row in parse_csv(tmp_path / csv)]
+    assert [r.concurrency for r in heavy] == [1] and heavy[0].p50_ms > 0
+    assert set(runs["heavy-n16"]["composing"]["1"]) >= {"embedding_lookup", "user_tower", "ranker", "scorer_heavy"}
+
+    summary = write_summary(tmp_path)
+    check_schema(summary)
+    assert summary["scaling"]["n"] == [16]
+    assert summary["routes"]["heavy"]["p50_ms"] == pytest.approx(heavy[0].p50_ms, abs=1e-3)
+    assert 0.0 <= summary["routes"]["auto"]["ndcg10"] <= 1.0
+    for path in write_plots(tmp_path):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Targets" in write_report(tmp_path).read_text()
+
+
+def test_baseline_over_cap_is_skipped_with_reason(triton_server: RunningServer, tmp_path: Path) -> None:
+    world = make_world(PRESETS[exported_preset()].world)
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    runs: list[dict] = []
+    skipped: list[dict] = []
+    try:
+        probed = world_requests(world, 16, 1)[0][0]
+        cfg = SweepConfig(baseline_cap_ms=1e-3)  # any real request is slower
+        last = _baseline(client, triton_server, cfg, tmp_path, tmp_path / "unused.json", probed, None, runs, skipped)
+        assert last is not None and last[0] == 16
+        estimated = world_requests(world, 64, 1)[0][0]
+        cfg = SweepConfig(baseline_cap_ms=3.9)  # 1 ms at N=16 scales to 4 ms at N=64: skipped without a request
+        _baseline(client, triton_server, cfg, tmp_path, tmp_path / "unused.json", estimated, (16, 1.0), runs, skipped)
+    finally:
+        client.close()
+    assert runs == []
+    assert [s["n"] for s in skipped] == [16, 64]
+    assert "measured" in skipped[0]["reason"] and "estimated 4 ms" in skipped[1]["reason"]
