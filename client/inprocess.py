@@ -12,22 +12,14 @@ that the server's micro-batching does not change results.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from client.ranking_client import RankingResult
 from export.signature import ADAPTIVE_RANKING, ENGINE_MODELS, validate_inputs
 from model_repository.engine import make_session, run_checked
 from model_repository.ranking import cascade_merge, top_k_indices
-
-
-@dataclass(frozen=True)
-class InProcessResult:
-    top_ids: np.ndarray  # (K,)
-    top_scores: np.ndarray  # (K,)
-    scores: np.ndarray  # (N,)
-    route: str
 
 
 class InProcessRanker:
@@ -58,7 +50,7 @@ class InProcessRanker:
             inputs["history_len"] = np.array([state["history_kv"].shape[0]], dtype=np.int64)
         return self.run(f"scorer_{tier}", inputs)["scores"]
 
-    def rank(self, arrays: dict[str, np.ndarray], route: str, k: int, cascade_m: int = 128) -> InProcessResult:
+    def rank(self, arrays: dict[str, np.ndarray], route: str, k: int, cascade_m: int = 128) -> RankingResult:
         """One public request (ensemble inputs) on a fixed route: light, heavy or cascade."""
         sizes = validate_inputs(ADAPTIVE_RANKING, arrays)
         n, k = sizes["N"], min(k, sizes["N"])
@@ -74,4 +66,4 @@ class InProcessRanker:
         else:
             raise ValueError(f"route must be light, heavy or cascade in-process, got {route!r}")
         top = top_k_indices(scores, k)
-        return InProcessResult(arrays["candidate_ids"][top], scores[top], scores, route)
+        return RankingResult(arrays["candidate_ids"][top], scores[top], scores, route)

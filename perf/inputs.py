@@ -26,7 +26,7 @@ import numpy as np
 
 from client.ranking_client import RankingRequest
 from export.config import PRESETS
-from export.signature import ADAPTIVE_RANKING, PER_CANDIDATE_BASELINE, ModelSignature
+from export.signature import ADAPTIVE_RANKING, PER_CANDIDATE_BASELINE, ModelSignature, validate_inputs
 from export.world import World, make_world
 
 log = logging.getLogger(__name__)
@@ -76,20 +76,12 @@ def tensor_entry(array: np.ndarray, dtype: str) -> dict[str, list]:
 
 
 def request_entry(sig: ModelSignature, arrays: dict[str, np.ndarray]) -> dict[str, dict[str, list]]:
-    """One request for ``sig``: every required input, checked against the signature's dtype and rank."""
+    """One request for ``sig``: every input it has, checked against the signature."""
+    validate_inputs(sig, arrays)  # RequestError (a ValueError) names the input
     entry = {}
     for spec in sig.inputs:
-        if spec.name not in arrays:
-            if spec.optional:
-                continue
-            raise ValueError(f"{sig.name} request lacks required input '{spec.name}'")
-        array = arrays[spec.name]
-        if array.dtype != np.dtype(spec.numpy_dtype) or array.ndim != len(spec.dims):
-            raise ValueError(
-                f"input '{spec.name}' must be {spec.dtype} with dims {list(spec.dims)}, "
-                f"got {array.dtype} with shape {list(array.shape)}"
-            )
-        entry[spec.name] = tensor_entry(array, spec.dtype)
+        if spec.name in arrays:
+            entry[spec.name] = tensor_entry(arrays[spec.name], spec.dtype)
     return entry
 
 

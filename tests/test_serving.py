@@ -30,7 +30,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from client.inprocess import InProcessRanker, InProcessResult
+from client.inprocess import InProcessRanker
 from client.local_server import REPO_ROOT
 from client.ranking_client import MODEL_NAME, RankingRequest, RankingResult, infer
 from export.config import PRESETS
@@ -75,12 +75,12 @@ def world_request(world: World, n: int, seed: int, row: int = 0) -> RankingReque
 
 def expected(
     ranker: InProcessRanker, request: RankingRequest, route: str, top_k: int | None = None
-) -> InProcessResult:
+) -> RankingResult:
     k = DEFAULT_TOP_K if top_k is None else top_k
     return ranker.rank(request.arrays(), route, k, cascade_m=CASCADE_M)
 
 
-def assert_same(served: RankingResult, want: InProcessResult) -> None:
+def assert_same(served: RankingResult, want: RankingResult) -> None:
     """Served equals in-process: same route, same top ids, scores within RTOL / ATOL."""
     assert served.route == want.route
     assert served.scores.shape == want.scores.shape
