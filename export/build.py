@@ -3,7 +3,8 @@
     .venv/bin/python -m export.build --preset small        # or: make export PRESET=small
 
 Writes ``model_repository/<model>/1/model.onnx`` for every engine model and the
-evaluation report ``reports/export.json``. The checkpoint in ``checkpoints/`` is
+evaluation report ``reports/export.json``. ``--fp8`` (``make fp8``) then runs the FP8 step
+(export/fp8.py): the FP8 QDQ graphs become ``model.onnx``. The checkpoint in ``checkpoints/`` is
 reused while the preset (and the checkpoint format) is unchanged.
 """
 
@@ -27,7 +28,9 @@ log = logging.getLogger("export.build")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(preset_name: str, model_repository: Path, reports: Path, checkpoints: Path, retrain: bool) -> dict:
+def run(
+    preset_name: str, model_repository: Path, reports: Path, checkpoints: Path, retrain: bool, fp8: bool = False
+) -> dict:
     preset = PRESETS[preset_name]
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     world = make_world(preset.world)
@@ -62,6 +65,10 @@ def run(preset_name: str, model_repository: Path, reports: Path, checkpoints: Pa
         "heavy_minus_light": {m: evaluation["heavy"][m] - evaluation["light"][m] for m in ("auc", "ndcg10")},
         "onnx_bytes": {name: p.stat().st_size for name, p in paths.items()},
     }
+    if fp8:  # FP8 QDQ graphs become model.onnx (export/fp8.py); reports/fp8.json, reports/fp8.md
+        from export.fp8 import run_fp8
+
+        report["fp8"] = run_fp8(model, world, eval_requests, model_repository, reports, serve=True)["all_fp8_graphs"]
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "export.json").write_text(json.dumps(report, indent=2))
     return report
@@ -74,9 +81,10 @@ def main() -> None:
     parser.add_argument("--reports", type=Path, default=ROOT / "reports")
     parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints")
     parser.add_argument("--retrain", action="store_true", help="train even if a matching checkpoint exists")
+    parser.add_argument("--fp8", action="store_true", help="serve FP8 QDQ graphs (selective PTQ, export/fp8.py)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    report = run(args.preset, args.model_repository, args.reports, args.checkpoints, args.retrain)
+    report = run(args.preset, args.model_repository, args.reports, args.checkpoints, args.retrain, args.fp8)
     rows = [f"{name:>12}  AUC {m['auc']:.4f}  NDCG@10 {m['ndcg10']:.4f}" for name, m in report["evaluation"].items()]
     log.info("evaluation (%s):\n%s", args.preset, "\n".join(rows))
     log.info("pruning: %s", json.dumps(report["pruning"]))

@@ -3,8 +3,7 @@
     .venv/bin/python -m export.build --preset small    # calls export_all() after training
 
 Each model is written with the signature's input/output names, opset 19 and a
-dynamic axis for every symbolic dim (L, N, B, K). ``random_inputs`` draws valid
-inputs for any size, for parity tests and engine checks.
+dynamic axis for every symbolic dim (L, N, B, K).
 """
 
 from __future__ import annotations
@@ -17,16 +16,13 @@ import numpy as np
 import torch
 
 from export.models import RankingModel
+from export.samples import EXAMPLE_SIZES, random_inputs
 from export.serving import SERVING_MODULES
-from export.signature import ENGINE_MODELS, ModelSignature, TensorSpec
+from export.signature import ENGINE_MODELS, ModelSignature
 
 log = logging.getLogger(__name__)
 
 OPSET = 19
-# Export-time example sizes: distinct primes so a dim the tracer froze shows up in parity tests.
-EXAMPLE_SIZES = {"L": 7, "N": 11, "B": 3, "K": 5}
-
-
 def model_dims(model: RankingModel) -> dict[str, int]:
     """The architecture symbols E and D of a model."""
     return {"E": model.embedding.dim, "D": model.tower.d_model}
@@ -40,29 +36,6 @@ def dynamic_axes(sig: ModelSignature) -> dict[str, dict[int, str]]:
         if dyn:
             axes[spec.name] = dyn
     return axes
-
-
-def _random_tensor(spec: TensorSpec, sizes: dict[str, int], rng: np.random.Generator) -> np.ndarray:
-    shape = tuple(d if isinstance(d, int) else sizes[d] for d in spec.dims)
-    if spec.dtype == "FP32":
-        return rng.standard_normal(shape).astype(np.float32)
-    if spec.values == "nonnegative":
-        # Raw ids: small ones (real vocabularies) and huge ones (hashing must not overflow).
-        small = rng.integers(0, 5_000, shape)
-        huge = rng.integers(2**62, 2**63 - 1, shape, dtype=np.int64)
-        return np.where(rng.random(shape) < 0.9, small, huge).astype(np.int64)
-    if spec.values is not None:
-        kind, symbol = spec.values.split(":")
-        lo, hi = (0, sizes[symbol]) if kind == "index" else (1, sizes[symbol] + 1)
-        return rng.integers(lo, hi, shape).astype(spec.numpy_dtype)
-    return rng.integers(1, 100, shape).astype(spec.numpy_dtype)
-
-
-def random_inputs(
-    sig: ModelSignature, sizes: dict[str, int], rng: np.random.Generator
-) -> dict[str, np.ndarray]:
-    """Valid inputs for ``sig`` with the given symbol sizes (must include E and D for float inputs)."""
-    return {spec.name: _random_tensor(spec, sizes, rng) for spec in sig.inputs if not spec.optional}
 
 
 def export_model(model: RankingModel, name: str, path: Path) -> Path:

@@ -15,7 +15,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from export.config import PRESETS, EmbeddingConfig, cardinalities
 from export.models import HASH_PRIME, EmbeddingLookup, RankingModel, UserTower, hash_plan
-from export.onnx_export import export_model, random_inputs
+from export.onnx_export import export_model
+from export.samples import random_inputs
 from export.serving import (
     EmbeddingLookupServing,
     PerCandidateBaselineServing,

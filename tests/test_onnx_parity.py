@@ -19,7 +19,8 @@ import torch
 
 from export.config import PRESETS
 from export.models import RankingModel
-from export.onnx_export import OPSET, export_model, model_dims, random_inputs
+from export.onnx_export import OPSET, export_model, model_dims
+from export.samples import random_inputs
 from export.serving import SERVING_MODULES
 from export.signature import B_MAX, ENGINE_MODELS, L_MAX, N_MAX
 from export.train import build_model

@@ -27,7 +27,8 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export.config import PRESETS
-from export.onnx_export import export_model, model_dims, random_inputs
+from export.onnx_export import export_model, model_dims
+from export.samples import random_inputs
 from export.signature import ENGINE_MODELS, L_MAX, RANKER, ModelSignature
 from export.train import build_model
 from model_repository.engine import make_session, run_checked
