@@ -48,6 +48,14 @@ test: venv ## Export the tiny preset and run the tests
 lint: venv ## Lint with ruff
 	.venv/bin/ruff check .
 
+.PHONY: fp8 lint-docker
+
+fp8: venv ## Train/export PRESET, then FP8 PTQ: serve FP8 QDQ graphs, reports/fp8.{json,md}
+	$(PY) -m export.build --preset $(PRESET) --fp8
+
+lint-docker: venv ## Lint the Dockerfile with hadolint
+	.venv/bin/hadolint Dockerfile
+
 .PHONY: bench bench-smoke
 
 bench: venv ## perf_analyzer sweep of the exported models (PRESET=small) -> perf/results/ (report.md, plots)
@@ -61,3 +69,10 @@ bench-smoke: venv ## Tiny perf sweep for CI (N 16, 64; concurrency 1) -> perf/re
 	$(PY) -m perf.summary --results perf/results/smoke
 	$(PY) -m perf.plots --results perf/results/smoke
 	$(PY) -m perf.report --results perf/results/smoke
+
+.PHONY: soak
+
+soak: venv ## Soak: 10,000 requests at concurrency 32 on every route; errors, answers, memory, auto budget misses
+	$(PY) -m perf.soak --requests 10000 --concurrency 32 --json perf/results/soak.json
+	$(PY) -m perf.soak --requests 10000 --concurrency 32 --routes auto --json perf/results/soak-auto.json
+	$(PY) -m perf.soak --requests 10000 --concurrency 32 --routes auto --load-unaware --json perf/results/soak-auto-unaware.json

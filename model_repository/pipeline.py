@@ -6,6 +6,13 @@ model.py passes one that issues a BLS request, tests pass one backed by ONNX Run
 Broadcast: a request's user_state [1, D] and history_kv [1, L, D] go unchanged into
 every micro-batch call; only the candidates [n, C, E] are split, and
 ``candidate_user`` [n] (all zeros) names the one user row they share.
+
+Faults: when the heavy tier fails (``ScorerError``) or runs past the request's
+budget inside a cascade or an auto plan, ``rank`` falls back to the light ranking,
+reports route "light" and says why in ``RankResult.fallback``. An explicit
+``route=heavy`` has nothing to fall back to: its ``ScorerError`` reaches the caller.
+Overload: ``admit`` refuses a request once ``max_inflight`` are being ranked, so the
+ranker never holds an unbounded number of requests.
 """
 
 from __future__ import annotations
@@ -17,25 +24,47 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model_repository.ranking import cascade_merge, micro_batches, top_k_indices
+from model_repository.ranking import RequestOptions, cascade_merge, micro_batches, top_k_indices
 from model_repository.routing import AutoPlan, CostModel, RoutePolicy, plan_auto, settle_auto
 
 # score_fn(tier, inputs) -> scores [n]; tier is "light" or "heavy".
 ScoreFn = Callable[[str, dict[str, np.ndarray]], Awaitable[np.ndarray]]
 
 
+FALLBACK_REASONS: tuple[str, ...] = ("error", "timeout")  # why a cascade / auto plan fell back to light
+
+
 class ScorerError(RuntimeError):
-    """A scorer call failed (not the client's fault)."""
+    """A scorer call failed (not the client's fault); the message names the scorer."""
 
 
 @dataclass
 class RankerState:
-    """What the ranker learns and tracks across requests (one per model instance)."""
+    """What the ranker learns and tracks across requests (one per model instance).
+
+    max_inflight  requests ranked at once before ``admit`` refuses more (0 = no limit)
+    """
 
     policy: RoutePolicy
     cost: CostModel
     micro_batch: int = 512
     inflight: int = 0
+    max_inflight: int = 0
+
+
+def heavy_deadline_ms(options: RequestOptions, heavy_timeout_ms: float) -> float:
+    """How long a cascade / auto request waits for its heavy stage: the request's own
+    ``latency_budget_ms`` when it sent one, else ``heavy_timeout_ms`` (the default budget
+    only guides auto's plan; a cold or briefly busy server must not turn every
+    budget-less cascade into light)."""
+    return options.latency_budget_ms if options.budget_given else heavy_timeout_ms
+
+
+def admit(state: RankerState) -> str | None:
+    """None if one more request may be ranked now, else the reason it may not (overload)."""
+    if state.max_inflight and state.inflight >= state.max_inflight:
+        return f"overloaded: {state.inflight} requests in flight (max_inflight {state.max_inflight}); retry later"
+    return None
 
 
 @dataclass(frozen=True)
@@ -60,6 +89,8 @@ class RankResult:
     plan: AutoPlan | None = None
     tier_ms: dict[str, float] = field(default_factory=dict)
     candidates_scored: dict[str, int] = field(default_factory=dict)
+    fallback: str | None = None  # "error" | "timeout": the heavy stage was abandoned for light
+    fallback_detail: str = ""  # the scorer error or the deadline missed
 
 
 def scorer_inputs(tier: str, shared: SharedState, candidate_emb: np.ndarray) -> dict[str, np.ndarray]:
@@ -94,6 +125,35 @@ async def score_tier(
     return scores, elapsed_ms
 
 
+async def _heavy_or_fallback(
+    score_fn: ScoreFn,
+    state: RankerState,
+    shared: SharedState,
+    candidate_emb: np.ndarray,
+    deadline: float,
+    deadline_ms: float,
+    result: RankResult,
+) -> np.ndarray | None:
+    """Heavy scores of ``candidate_emb`` [m, C, E], or None (recorded in ``result``) when
+    the heavy tier fails or has not answered by ``deadline`` (time.perf_counter())."""
+    remaining_s = deadline - time.perf_counter()
+    try:
+        if remaining_s <= 0:
+            raise TimeoutError
+        scores, result.tier_ms["heavy"] = await asyncio.wait_for(
+            score_tier(score_fn, state, "heavy", shared, candidate_emb), remaining_s
+        )
+    except ScorerError as exc:
+        result.fallback, result.fallback_detail = "error", str(exc)
+        return None
+    except TimeoutError:
+        result.fallback = "timeout"
+        result.fallback_detail = f"scorer_heavy: no answer within {deadline_ms:g} ms"
+        return None
+    result.candidates_scored["heavy"] = candidate_emb.shape[0]
+    return scores
+
+
 async def rank(
     score_fn: ScoreFn,
     state: RankerState,
@@ -102,19 +162,35 @@ async def rank(
     route: str,
     k: int,
     budget_ms: float,
+    start: float | None = None,
+    deadline_ms: float | None = None,
 ) -> RankResult:
     """Score one request on ``route`` (auto resolves to light / heavy / cascade) and
-    return its top k. Cascade: light on all N, heavy on light's top M = cascade_size."""
+    return its top k. Cascade: light on all N, heavy on light's top M = cascade_size.
+
+    Inside a cascade or an auto plan the heavy stage must answer within ``deadline_ms``
+    (default ``budget_ms``), counted from ``start`` (time.perf_counter() when the request
+    arrived; default now); if it fails or is late the light ranking is returned with
+    route "light"."""
+    start = time.perf_counter() if start is None else start
+    deadline_ms = budget_ms if deadline_ms is None else deadline_ms
+    deadline = start + deadline_ms * 1e-3
     n = candidate_emb.shape[0]
     plan = None
     if route == "auto":
         plan = plan_auto(state.cost, n, k, budget_ms, state.inflight, state.policy)
         route = plan.route
     result = RankResult(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32), route, plan)
+    scores = None
     if route == "heavy":
-        scores, result.tier_ms["heavy"] = await score_tier(score_fn, state, "heavy", shared, candidate_emb)
-        result.candidates_scored["heavy"] = n
-    else:
+        if plan is None:  # asked for heavy: no fallback, its error is the answer
+            scores, result.tier_ms["heavy"] = await score_tier(score_fn, state, "heavy", shared, candidate_emb)
+            result.candidates_scored["heavy"] = n
+        else:
+            scores = await _heavy_or_fallback(score_fn, state, shared, candidate_emb, deadline, deadline_ms, result)
+            if scores is None:
+                route = result.route = "light"
+    if scores is None:
         scores, result.tier_ms["light"] = await score_tier(score_fn, state, "light", shared, candidate_emb)
         result.candidates_scored["light"] = n
         if route == "cascade" and plan is not None:
@@ -122,9 +198,11 @@ async def rank(
         if route == "cascade":
             m = plan.m if plan is not None else state.policy.cascade_size(n, k)
             top = top_k_indices(scores, m)
-            heavy, result.tier_ms["heavy"] = await score_tier(score_fn, state, "heavy", shared, candidate_emb[top])
-            result.candidates_scored["heavy"] = m
-            scores = cascade_merge(scores, heavy, top)
+            heavy = await _heavy_or_fallback(score_fn, state, shared, candidate_emb[top], deadline, deadline_ms, result)
+            if heavy is None:
+                result.route = "light"
+            else:
+                scores = cascade_merge(scores, heavy, top)
     result.scores = scores
     result.top_idx = top_k_indices(scores, k)
     return result

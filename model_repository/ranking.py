@@ -41,6 +41,7 @@ class RequestOptions:
 
     route: str
     latency_budget_ms: float
+    budget_given: bool = False  # the request sent latency_budget_ms (else it is the default)
 
 
 def parse_parameters(raw: str | dict | None, default_budget_ms: float) -> RequestOptions:
@@ -58,7 +59,7 @@ def parse_parameters(raw: str | dict | None, default_budget_ms: float) -> Reques
     if not isinstance(route, str) or route not in ROUTES:
         raise RequestError(f"parameter '{ROUTE_PARAM}' must be one of {', '.join(ROUTES)}; got {route!r}")
     budget = params.get(BUDGET_PARAM, default_budget_ms)
-    return RequestOptions(route=route, latency_budget_ms=_parse_budget(budget))
+    return RequestOptions(route=route, latency_budget_ms=_parse_budget(budget), budget_given=BUDGET_PARAM in params)
 
 
 def _as_dict(raw: str | dict | None) -> dict[str, Any]:

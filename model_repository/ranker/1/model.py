@@ -15,7 +15,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from export.signature import RANKER, RequestError, validate_inputs
-from model_repository.pipeline import RankerState, ScorerError, SharedState, rank
+from model_repository.pipeline import RankerState, ScorerError, SharedState, admit, heavy_deadline_ms, rank
 from model_repository.ranking import parse_parameters, parse_top_k
 from model_repository.routing import CostModel, RoutePolicy, TierCost
 
@@ -35,8 +35,11 @@ class TritonPythonModel:
             safety_factor=float(p["safety_factor"]),
         )
         priors = {t: TierCost(float(p[f"{t}_fixed_ms"]), float(p[f"{t}_per_candidate_ms"])) for t in ("light", "heavy")}
-        self.state = RankerState(policy, CostModel(priors), micro_batch=int(p["micro_batch"]))
+        self.state = RankerState(
+            policy, CostModel(priors), micro_batch=int(p["micro_batch"]), max_inflight=int(p.get("max_inflight", "0"))
+        )
         self.default_top_k = int(p["default_top_k"])
+        self.heavy_timeout_ms = float(p.get("heavy_timeout_ms", "2000"))
         self._metrics()
 
     def _metrics(self) -> None:
@@ -50,6 +53,12 @@ class TritonPythonModel:
         )
         self.m_latency = pb_utils.MetricFamily(
             "ranker_latency_ms_total", "Summed ranker latency (ms), by route", counter
+        )
+        self.m_fallbacks = pb_utils.MetricFamily(
+            "ranker_fallbacks_total", "Cascade / auto requests answered by light as heavy failed or was late", counter
+        )
+        self.m_rejected = pb_utils.MetricFamily(
+            "ranker_rejected_total", "Requests refused as max_inflight were being ranked", counter
         )
         self.m_inflight = pb_utils.MetricFamily("ranker_inflight_requests", "Requests in the ranker now", gauge)
         self.g_inflight = self.m_inflight.Metric(labels={})
@@ -87,12 +96,26 @@ class TritonPythonModel:
             return pb_utils.InferenceResponse(
                 error=pb_utils.TritonError(f"ranker: {exc}", pb_utils.TritonError.INVALID_ARG)
             )
+        refused = admit(self.state)
+        if refused is not None:
+            self._metric(self.m_rejected, "reason", "max_inflight").increment(1)
+            return pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(f"ranker: {refused}", pb_utils.TritonError.UNAVAILABLE)
+            )
         shared = SharedState.from_tower(arrays["user_state"], arrays["history_kv"])
         self.state.inflight += 1
         self.g_inflight.set(self.state.inflight)
         try:
             result = await rank(
-                self._score, self.state, shared, arrays["candidate_emb"], options.route, k, options.latency_budget_ms
+                self._score,
+                self.state,
+                shared,
+                arrays["candidate_emb"],
+                options.route,
+                k,
+                options.latency_budget_ms,
+                start=start,
+                deadline_ms=heavy_deadline_ms(options, self.heavy_timeout_ms),
             )
         except ScorerError as exc:
             return pb_utils.InferenceResponse(
@@ -106,6 +129,8 @@ class TritonPythonModel:
         self._metric(self.m_latency, "route", result.route).increment(elapsed_ms)
         for tier, n in result.candidates_scored.items():
             self._metric(self.m_candidates, "tier", tier).increment(n)
+        if result.fallback is not None:
+            self._metric(self.m_fallbacks, "reason", result.fallback).increment(1)
         if elapsed_ms > options.latency_budget_ms:
             self._metric(self.m_misses, "route", result.route).increment(1)
         outputs = {

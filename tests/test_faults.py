@@ -1,0 +1,299 @@
+"""Faults: a failing or slow heavy scorer, and a Python stub that dies.
+
+1. ``pipeline.rank`` with a scripted ``ScoreFn`` (no server): inside cascade and auto
+   a heavy failure or a heavy stage past the budget falls back to the light ranking
+   with route "light"; an explicit heavy route raises ``ScorerError``.
+2. The real server on a copy of the model repository (tmp_path) whose
+   ``scorer_heavy/1/model.py`` wraps the shared runner with an injected fault, read
+   per request from a file next to it ("ok", "fail" or "slow:<seconds>"): the shared
+   models are not touched. Checked: the fallback answers equal the light route's, the
+   route reported, ``ranker_fallbacks_total`` and the error of route=heavy.
+3. A Python stub killed with SIGKILL (found by its command line among the server's
+   process group): Triton 2.51 answers the requests that reach the dead stub with an
+   error, restarts the stub, and then answers correctly again (polled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from client.inprocess import InProcessRanker
+from client.local_server import REPO_ROOT, RunningServer, ServerConfig, check_artifacts, run_server
+from client.ranking_client import RankingRequest, infer
+from model_repository.pipeline import RankerState, ScorerError, SharedState, admit, rank
+from model_repository.routing import CostModel, RoutePolicy, TierCost
+from tests.test_serving import metric, read_metrics
+
+# --- 1. pipeline.rank without a server ------------------------------------------------------------
+
+N, K, D, C, E = 40, 5, 4, 4, 3
+PRIORS = {"light": TierCost(1.0, 0.001), "heavy": TierCost(2.0, 0.01)}
+
+
+def _state(**kw: object) -> RankerState:
+    return RankerState(RoutePolicy(cascade_m=8, confidence_threshold=1.0), CostModel(PRIORS), micro_batch=16, **kw)
+
+
+def _shared() -> SharedState:
+    return SharedState.from_tower(np.ones((1, D), np.float32), np.ones((6, D), np.float32))
+
+
+def _emb() -> np.ndarray:
+    return np.random.default_rng(0).random((N, C, E), dtype=np.float32)
+
+
+def scripted(heavy: str, delay_s: float = 0.0):
+    """A ScoreFn: light = mean of the embedding, heavy = 1 - that, or a failure / a delay."""
+
+    async def score_fn(tier: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        emb = inputs["candidate_emb"].reshape(inputs["candidate_emb"].shape[0], -1).mean(axis=1)
+        if tier == "light":
+            return emb
+        if heavy == "fail":
+            raise ScorerError("scorer_heavy: injected fault")
+        await asyncio.sleep(delay_s)
+        return 1.0 - emb
+
+    return score_fn
+
+
+def _light_only() -> np.ndarray:
+    return asyncio.run(rank(scripted("ok"), _state(), _shared(), _emb(), "light", K, 100.0)).scores
+
+
+@pytest.mark.parametrize(
+    "route, budget_ms, heavy, delay_s, reason",
+    [
+        ("cascade", 1e4, "fail", 0.0, "error"),
+        ("cascade", 50.0, "slow", 1.0, "timeout"),
+        ("auto", 1e4, "fail", 0.0, "error"),  # auto plans heavy on a roomy budget
+    ],
+    ids=["cascade-fails", "cascade-late", "auto-heavy-fails"],
+)
+def test_rank_falls_back_to_light(route, budget_ms, heavy, delay_s, reason):
+    start = time.perf_counter()
+    result = asyncio.run(rank(scripted(heavy, delay_s), _state(), _shared(), _emb(), route, K, budget_ms))
+    assert time.perf_counter() - start < 0.9  # a late heavy stage is abandoned at the budget, not awaited
+    assert result.route == "light" and result.fallback == reason
+    assert "scorer_heavy" in result.fallback_detail
+    np.testing.assert_array_equal(result.scores, _light_only())
+    assert "heavy" not in result.candidates_scored
+
+
+def test_rank_heavy_on_time_is_not_a_fallback():
+    result = asyncio.run(rank(scripted("slow", 0.01), _state(), _shared(), _emb(), "cascade", K, 5000.0))
+    assert result.route == "cascade" and result.fallback is None
+    assert result.candidates_scored == {"light": N, "heavy": 8}
+
+
+def test_rank_explicit_heavy_raises():
+    with pytest.raises(ScorerError, match="scorer_heavy"):
+        asyncio.run(rank(scripted("fail"), _state(), _shared(), _emb(), "heavy", K, 1e4))
+
+
+@pytest.mark.parametrize("inflight, max_inflight, refused", [(0, 0, False), (63, 64, False), (64, 64, True)])
+def test_admit(inflight, max_inflight, refused):
+    state = _state(inflight=inflight, max_inflight=max_inflight)
+    reason = admit(state)
+    assert (reason is not None) == refused
+    if refused:
+        assert "max_inflight 64" in reason
+
+
+# --- 2. the real server with an injected heavy fault ----------------------------------------------
+
+FAULTY_HEAVY = '''
+"""scorer_heavy with an injected fault for tests/test_faults.py, read per request from ./fault_mode."""
+import time
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+from model_repository.onnx_runner import OnnxRunner
+
+
+class TritonPythonModel(OnnxRunner):
+    def initialize(self, args):
+        super().initialize(args)
+        self.mode_file = Path(args["model_repository"]) / "fault_mode"
+
+    def execute(self, requests):
+        mode = self.mode_file.read_text().strip() if self.mode_file.exists() else "ok"
+        if mode == "fail":
+            error = pb_utils.TritonError("injected fault", pb_utils.TritonError.INTERNAL)
+            return [pb_utils.InferenceResponse(error=error) for _ in requests]
+        if mode.startswith("slow:"):
+            time.sleep(float(mode[5:]))
+        return super().execute(requests)
+'''
+
+
+def copy_repository(dst: Path) -> Path:
+    src = REPO_ROOT / "model_repository"
+    check_artifacts(src)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def fault_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, Path]]:
+    root = tmp_path_factory.mktemp("faults")
+    repo = copy_repository(root / "repo")
+    (repo / "scorer_heavy" / "1" / "model.py").write_text(FAULTY_HEAVY)
+    cfg = ServerConfig(model_repository=repo, log_path=root / "server.log")
+    with run_server(cfg) as server:
+        yield server, repo / "scorer_heavy" / "fault_mode"
+
+
+@pytest.fixture(scope="module")
+def client(fault_server) -> Iterator[grpcclient.InferenceServerClient]:
+    c = grpcclient.InferenceServerClient(fault_server[0].grpc_url)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def ranker() -> InProcessRanker:
+    return InProcessRanker(REPO_ROOT / "model_repository")
+
+
+def a_request(seed: int, n: int = 300) -> RankingRequest:
+    rng = np.random.default_rng(seed)
+    return RankingRequest(
+        np.array([seed, 1, 2, 0], dtype=np.int64),
+        rng.integers(0, 500, 12).astype(np.int64),
+        rng.integers(0, 500, n).astype(np.int64),
+        rng.integers(0, 6, (n, 3)).astype(np.int64),
+    )
+
+
+def set_fault(fault_server, mode: str) -> None:
+    fault_server[1].write_text(mode)
+
+
+@pytest.mark.parametrize(
+    "mode, route, budget_ms, reason",
+    [
+        ("fail", "cascade", None, "error"),
+        ("fail", "auto", 1e5, "error"),
+        ("slow:2.0", "cascade", 300.0, "timeout"),
+        ("slow:2.0", "auto", 300.0, None),  # auto may plan light outright; whatever it does, it is on time
+    ],
+    ids=["cascade-fails", "auto-fails", "cascade-late", "auto-late"],
+)
+def test_server_falls_back_to_light(fault_server, client, ranker, mode, route, budget_ms, reason):
+    request = a_request(1)
+    before = read_metrics(fault_server[0].metrics_url)
+    set_fault(fault_server, mode)
+    try:
+        start = time.perf_counter()
+        served = infer(client, request, route=route, latency_budget_ms=budget_ms, client_timeout=30)
+        elapsed_s = time.perf_counter() - start
+    finally:
+        set_fault(fault_server, "ok")
+    after = read_metrics(fault_server[0].metrics_url)
+    if reason is None and served.route != "light":  # auto chose cascade/heavy and the heavy stage was late
+        pytest.fail(f"auto answered {served.route} although heavy sleeps 2 s past a 300 ms budget")
+    assert served.route == "light"
+    want = ranker.rank(request.arrays(), "light", 10)
+    np.testing.assert_allclose(served.scores, want.scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(served.top_ids, want.top_ids)
+    if budget_ms is not None and budget_ms < 1000:
+        assert elapsed_s < 1.5, f"fallback took {elapsed_s:.2f} s on a {budget_ms} ms budget"
+    if reason is not None:
+        fallbacks = metric(after, "ranker_fallbacks_total", reason=reason)
+        assert fallbacks - metric(before, "ranker_fallbacks_total", reason=reason) == 1
+
+
+def test_server_heavy_route_error_names_scorer_heavy(fault_server, client):
+    set_fault(fault_server, "fail")
+    try:
+        with pytest.raises(InferenceServerException, match="scorer_heavy") as info:
+            infer(client, a_request(2), route="heavy")
+    finally:
+        set_fault(fault_server, "ok")
+    assert "INTERNAL" in str(info.value.status())
+
+
+def test_server_cascade_again_once_heavy_recovers(fault_server, client, ranker):
+    set_fault(fault_server, "ok")
+    time.sleep(2.5)  # the abandoned slow heavy calls of the tests above finish
+    request = a_request(3)
+    served = infer(client, request, route="cascade", client_timeout=30)
+    assert served.route == "cascade"
+    np.testing.assert_array_equal(served.top_ids, ranker.rank(request.arrays(), "cascade", 10).top_ids)
+
+
+# --- 3. a stub that dies --------------------------------------------------------------------------
+
+
+def stub_pids(server: RunningServer, model: str) -> list[int]:
+    """Python backend stubs of ``model`` in the server's process group (the group id is its pid)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) != server.process.pid:
+                continue
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ProcessLookupError):
+            continue
+        if cmdline and cmdline[0].endswith(b"triton_python_backend_stub") and f"/{model}/".encode() in cmdline[1]:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def test_killed_stub_fails_fast_and_a_restart_recovers(fault_server, client, ranker):
+    """What Triton 2.51 really does when a stub dies (kept last: it breaks the fault server).
+
+    The Python backend of 2.51 does not restart a dead stub: every later request to that
+    model gets an error naming the stub ("Stub process '<model>_0_0' is not healthy"),
+    at once, while the server stays live and the other models keep serving. Recovery is a
+    restart of the server (model control is "none"), checked here on the same repository.
+    """
+    server, repo = fault_server[0], fault_server[1].parents[1]
+    request = a_request(4)
+    want = ranker.rank(request.arrays(), "cascade", 10)
+    pids = stub_pids(server, "embedding_lookup")
+    assert len(pids) == 1, f"expected one stub of embedding_lookup, found {pids}"
+    os.kill(pids[0], signal.SIGKILL)
+    start = time.monotonic()
+    with pytest.raises(InferenceServerException, match="embedding_lookup.*not healthy"):
+        for _ in range(20):  # the first request after the kill may still see the stub as alive
+            infer(client, request, route="cascade", client_timeout=30)
+            time.sleep(0.2)
+    assert time.monotonic() - start < 10, "a dead stub must fail requests fast, not hang them"
+    assert server.process.poll() is None and client.is_server_live()
+    light_direct = ranker.shared_state(request.arrays())  # scorer_light alone still serves
+    inputs = {
+        "user_state": light_direct["user_state"],
+        "candidate_emb": light_direct["candidate_emb"],
+        "candidate_user": np.zeros(request.candidate_ids.size, dtype=np.int64),
+    }
+    tensors = []
+    for name, array in inputs.items():
+        t = grpcclient.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32 else "INT64")
+        t.set_data_from_numpy(array)
+        tensors.append(t)
+    scores = client.infer("scorer_light", tensors).as_numpy("scores")
+    np.testing.assert_allclose(scores, ranker.score("light", light_direct, light_direct["candidate_emb"]), rtol=1e-5)
+    client.close()
+    server.process.kill()  # a server with a dead stub ignores SIGINT for its whole stop timeout
+    with run_server(ServerConfig(model_repository=repo, log_path=repo.parent / "restarted.log")) as restarted:
+        with grpcclient.InferenceServerClient(restarted.grpc_url) as again:
+            served = infer(again, request, route="cascade", client_timeout=30)
+    assert served.route == "cascade"
+    np.testing.assert_array_equal(served.top_ids, want.top_ids)
+    np.testing.assert_allclose(served.scores, want.scores, rtol=1e-5, atol=1e-6)
