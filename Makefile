@@ -41,7 +41,9 @@ demo: venv ## Export the small preset and run the client demo
 	$(PY) -m export.build --preset small
 	$(PY) -m client.demo
 
-test: venv ## Export the tiny preset and run the tests
+test: venv ## Lint, export the tiny preset and run the tests
+	.venv/bin/ruff check .
+	.venv/bin/hadolint Dockerfile
 	$(PY) -m export.build --preset tiny
 	$(PY) -m pytest -q
 
