@@ -28,7 +28,7 @@ from export.world import Requests
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 2  # bump when the model code changes what a checkpoint means
+CHECKPOINT_FORMAT = 3  # bump when the model code changes what a checkpoint means
 
 
 def build_model(preset: Preset) -> RankingModel:

@@ -343,6 +343,8 @@ class World:
         anchor_pos = history_len[rows] - 1 - (rng.random(rows.size) * window).astype(np.int64)
         anchors = history_ids[rows, anchor_pos]
         cand[is_sim] = self._similar_items(rng, anchors)
+        if n <= cfg.n_items // 2:
+            _dedupe_rows(rng, cand, source, cfg.n_items)
         return cand.astype(np.int64), source
 
     def _similar_items(self, rng: np.random.Generator, anchors: np.ndarray, chunk: int = 8192) -> np.ndarray:
@@ -393,6 +395,26 @@ class World:
             session_intent=intent.astype(np.int64),
             candidate_source=source,
         )
+
+
+def _dedupe_rows(rng: np.random.Generator, cand: np.ndarray, source: np.ndarray, n_items: int) -> None:
+    """Make each row's candidates distinct, in place: a ranking request lists an item once.
+
+    Later copies of an item are redrawn uniformly from the catalogue (source becomes
+    SOURCE_POPULAR, the "anything" source) until no row repeats; uniform draws make this
+    converge in a few rounds when n <= n_items / 2 (the caller's condition).
+    """
+    while True:
+        order = np.argsort(cand, axis=1, kind="stable")  # (R, n): copies end up adjacent
+        ranked = np.take_along_axis(cand, order, axis=1)
+        repeat_sorted = np.zeros(cand.shape, dtype=bool)
+        repeat_sorted[:, 1:] = ranked[:, 1:] == ranked[:, :-1]
+        repeat = np.zeros_like(repeat_sorted)
+        np.put_along_axis(repeat, order, repeat_sorted, axis=1)
+        if not repeat.any():
+            return
+        cand[repeat] = rng.integers(0, n_items, int(repeat.sum()))
+        source[repeat] = SOURCE_POPULAR
 
 
 def _choose_rows(rng: np.random.Generator, probs: np.ndarray, size: int | None = None) -> np.ndarray:
