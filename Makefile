@@ -12,7 +12,7 @@ METRICS_PORT ?= 8002
 .PHONY: help venv serve export demo test lint
 
 help: ## List the targets
-	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
 venv: .venv/.installed ## Create .venv (Python 3.11) and install requirements.txt (+ libb64 for perf_analyzer)
 
