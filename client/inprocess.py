@@ -19,6 +19,7 @@ import numpy as np
 from client.ranking_client import RankingResult
 from export.signature import ADAPTIVE_RANKING, ENGINE_MODELS, validate_inputs
 from model_repository.engine import make_session, run_checked
+from model_repository.pipeline import SharedState, scorer_inputs
 from model_repository.ranking import cascade_merge, top_k_indices
 
 
@@ -40,15 +41,8 @@ class InProcessRanker:
 
     def score(self, tier: str, state: dict[str, np.ndarray], candidate_emb: np.ndarray) -> np.ndarray:
         """Scores [n] of one tier: user side at B = 1, candidates of user row 0."""
-        inputs = {
-            "user_state": state["user_state"],  # (1, D)
-            "candidate_emb": candidate_emb,  # (n, C, E)
-            "candidate_user": np.zeros(candidate_emb.shape[0], dtype=np.int64),
-        }
-        if tier == "heavy":
-            inputs["history_kv"] = state["history_kv"][np.newaxis]  # (1, L, D)
-            inputs["history_len"] = np.array([state["history_kv"].shape[0]], dtype=np.int64)
-        return self.run(f"scorer_{tier}", inputs)["scores"]
+        shared = SharedState.from_tower(state["user_state"], state["history_kv"])
+        return self.run(f"scorer_{tier}", scorer_inputs(tier, shared, candidate_emb))["scores"]
 
     def rank(self, arrays: dict[str, np.ndarray], route: str, k: int, cascade_m: int = 128) -> RankingResult:
         """One public request (ensemble inputs) on a fixed route: light, heavy or cascade."""

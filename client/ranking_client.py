@@ -37,13 +37,7 @@ class RankingRequest:
     @classmethod
     def from_requests(cls, requests: Requests, row: int) -> RankingRequest:
         """Row ``row`` of a batch of world (or MovieLens) requests, history unpadded."""
-        n_hist = int(requests.history_len[row])
-        return cls(
-            requests.user_features[row],
-            np.ascontiguousarray(requests.history_ids[row, :n_hist]),
-            requests.candidate_ids[row],
-            requests.candidate_features[row],
-        )
+        return cls(**requests.request_arrays(row))
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {

@@ -18,6 +18,7 @@ import onnxruntime as ort
 from export.signature import ENGINE_MODELS
 from export.world import Requests
 from model_repository.engine import make_session, run_checked
+from model_repository.pipeline import SharedState, scorer_inputs
 
 PIPELINE = ("embedding_lookup", "user_tower", "scorer_light", "scorer_heavy")
 
@@ -26,32 +27,19 @@ def sessions(paths: dict[str, Path], threads: int = 1) -> dict[str, ort.Inferenc
     return {name: make_session(path, threads) for name, path in paths.items()}
 
 
-def request_inputs(requests: Requests, row: int) -> dict[str, np.ndarray]:
-    """Row ``row`` as embedding_lookup inputs, history unpadded."""
-    n_hist = int(requests.history_len[row])
-    return {
-        "user_features": requests.user_features[row],
-        "history_ids": np.ascontiguousarray(requests.history_ids[row, :n_hist]),
-        "candidate_ids": requests.candidate_ids[row],
-        "candidate_features": requests.candidate_features[row],
-    }
-
-
 def model_inputs(requests: Requests, row: int, run: dict) -> dict[str, dict[str, np.ndarray]]:
     """Inputs of every pipeline model for one request; ``run(name, inputs)`` computes upstream outputs."""
-    first = request_inputs(requests, row)
+    first = requests.request_arrays(row)
     emb = run("embedding_lookup", first)
     tower_in = {"user_emb": emb["user_emb"], "history_emb": emb["history_emb"]}
     tower = run("user_tower", tower_in)
-    cand = emb["candidate_emb"]
-    user = np.zeros(cand.shape[0], dtype=np.int64)
-    light_in = {"user_state": tower["user_state"], "candidate_emb": cand, "candidate_user": user}
-    heavy_in = {
-        **light_in,
-        "history_kv": tower["history_kv"][np.newaxis],
-        "history_len": np.array([tower["history_kv"].shape[0]], dtype=np.int64),
+    shared = SharedState.from_tower(tower["user_state"], tower["history_kv"])
+    return {
+        "embedding_lookup": first,
+        "user_tower": tower_in,
+        "scorer_light": scorer_inputs("light", shared, emb["candidate_emb"]),
+        "scorer_heavy": scorer_inputs("heavy", shared, emb["candidate_emb"]),
     }
-    return {"embedding_lookup": first, "user_tower": tower_in, "scorer_light": light_in, "scorer_heavy": heavy_in}
 
 
 def pipeline_scores(graphs: dict[str, ort.InferenceSession], requests: Requests) -> dict[str, np.ndarray]:

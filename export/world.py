@@ -111,6 +111,16 @@ class Requests:
     def n_candidates(self) -> int:
         return int(self.candidate_ids.shape[1])
 
+    def request_arrays(self, row: int) -> dict[str, np.ndarray]:
+        """Row ``row`` as one public request (the ensemble's inputs), history unpadded."""
+        n_hist = int(self.history_len[row])
+        return {
+            "user_features": self.user_features[row],
+            "history_ids": np.ascontiguousarray(self.history_ids[row, :n_hist]),
+            "candidate_ids": self.candidate_ids[row],
+            "candidate_features": self.candidate_features[row],
+        }
+
     def subset(self, idx: slice | np.ndarray) -> Requests:
         """Rows ``idx`` (slice, index array or boolean mask); history padding is trimmed to the
         longest history among them (so L_pad = max history_len holds for every batch)."""

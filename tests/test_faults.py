@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from client.local_server import REPO_ROOT, RunningServer, ServerConfig, check_ar
 from client.ranking_client import RankingRequest, infer
 from model_repository.pipeline import RankerState, ScorerError, SharedState, admit, rank
 from model_repository.routing import CostModel, RoutePolicy, TierCost
+from perf.soak import repository_copy
 from tests.test_serving import metric, read_metrics
 
 # --- 1. pipeline.rank without a server ------------------------------------------------------------
@@ -142,8 +142,7 @@ class TritonPythonModel(OnnxRunner):
 def copy_repository(dst: Path) -> Path:
     src = REPO_ROOT / "model_repository"
     check_artifacts(src)
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return dst
+    return repository_copy(src, dst, None)
 
 
 @pytest.fixture(scope="module")
