@@ -1,7 +1,8 @@
 """FP8: the QDQ rewrite, selective precision and the exported FP8 graphs against FP32 (tiny preset).
 
 The module fixture runs the whole FP8 step (export/fp8.py) once into tmp_path on the tiny
-checkpoint (trained by `make test`'s export when missing); tests then check its graphs and report.
+checkpoint that `make test`'s export trains (missing: the tests fail, naming the command);
+tests then check its graphs and report.
 Tolerances: FP8 changes values legitimately, so scores are bounded by the accuracy budget and a
 loose absolute bound, not compared exactly.
 """
@@ -18,11 +19,12 @@ import torch
 
 from export.config import PRESETS
 from export.fp8 import FP8_FILE, FP32_FILE, QUANTIZED_MODELS, run_fp8
+from export.models import RankingModel
 from export.onnx_eval import PIPELINE
 from export.qdq import FP8_ZERO_POINT, quantize_e4m3
 from export.samples import random_inputs
 from export.signature import ENGINE_MODELS
-from export.train import build_model, checkpoint_key, load_checkpoint
+from export.train import checkpoint_key, load_checkpoint
 from export.world import make_world
 from model_repository.engine import make_session
 
@@ -30,10 +32,17 @@ ROOT = Path(__file__).resolve().parents[1]
 PRESET = PRESETS["tiny"]
 
 
+def trained_tiny() -> RankingModel:
+    """The tiny model `make test` trains; its absence fails clearly rather than quantizing random weights."""
+    ckpt = ROOT / "checkpoints" / f"tiny-{checkpoint_key(PRESET)}.pt"
+    if not ckpt.exists():
+        pytest.fail(f"{ckpt} is missing: run `make export PRESET=tiny` (make test does) before the FP8 tests")
+    return load_checkpoint(PRESET, ckpt)[0]
+
+
 @pytest.fixture(scope="module")
 def fp8_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    ckpt = ROOT / "checkpoints" / f"tiny-{checkpoint_key(PRESET)}.pt"
-    model = load_checkpoint(PRESET, ckpt)[0] if ckpt.exists() else build_model(PRESET)
+    model = trained_tiny()
     world = make_world(PRESET.world)
     folder = tmp_path_factory.mktemp("fp8")
     report = run_fp8(model, world, world.eval_requests(), folder / "repo", folder / "reports", serve=True)

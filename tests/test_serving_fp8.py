@@ -25,9 +25,9 @@ from export.config import PRESETS
 from export.fp8 import run_fp8
 from export.onnx_eval import PIPELINE, model_inputs
 from export.signature import ENGINE_MODELS
-from export.train import build_model, checkpoint_key, load_checkpoint
 from export.world import make_world
 from model_repository.engine import make_session, run_checked
+from tests.test_fp8 import trained_tiny
 
 PRESET = PRESETS["tiny"]
 ATOL = 1e-4  # served FP8 scores vs the same graphs in-process (micro-batching changes GEMM blocking only)
@@ -44,8 +44,7 @@ def _copy_repository(target: Path) -> None:
 def fp8_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("fp8_serving") / "model_repository"
     _copy_repository(repo)
-    ckpt = REPO_ROOT / "checkpoints" / f"tiny-{checkpoint_key(PRESET)}.pt"
-    model = load_checkpoint(PRESET, ckpt)[0] if ckpt.exists() else build_model(PRESET)
+    model = trained_tiny()
     world = make_world(PRESET.world)
     run_fp8(model, world, world.eval_requests().subset(slice(0, 8)), repo, repo.parent / "reports", serve=True)
     return repo
