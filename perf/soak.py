@@ -115,6 +115,10 @@ def process_rss_mb(pgid: int) -> dict[str, float]:
     return dict(sorted(out.items()))
 
 
+# The ranker sends its metrics every metrics_interval_ms (250 ms): wait that long and more before reading.
+METRICS_SETTLE_S = 1.0
+
+
 def ranker_counters(metrics_url: str | None) -> dict[str, float]:
     """ranker_* counters on the metrics port, as {'name{labels}': value}; {} without a URL."""
     if not metrics_url:
@@ -201,11 +205,13 @@ def run_soak(
     expected = expected_pool(ranker, pool, cascade_m)
     asyncio.run(send_all(url, pool, min(requests, 4 * len(ROUTES) * 4), concurrency, budget_ms, timeout_s))  # warm-up
     before = process_rss_mb(pgid) if pgid else {}
+    time.sleep(METRICS_SETTLE_S)
     counters_before = ranker_counters(metrics_url)
     start = time.perf_counter()
     outcomes = asyncio.run(send_all(url, pool, requests, concurrency, budget_ms, timeout_s, routes))
     wall_s = time.perf_counter() - start
     after = process_rss_mb(pgid) if pgid else {}
+    time.sleep(METRICS_SETTLE_S)
     counters = {k: v - counters_before.get(k, 0.0) for k, v in ranker_counters(metrics_url).items()}
     errors, wrong, samples = 0, 0, []
     routes, auto_routes, misses, latencies = Counter(), Counter(), 0, []

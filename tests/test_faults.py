@@ -33,7 +33,7 @@ from client.ranking_client import RankingRequest, infer
 from model_repository.pipeline import RankerState, ScorerError, SharedState, admit, rank
 from model_repository.routing import CostModel, RoutePolicy, TierCost
 from perf.soak import repository_copy
-from tests.test_serving import metric, read_metrics
+from tests.test_serving import metric, settled_metrics
 
 # --- 1. pipeline.rank without a server ------------------------------------------------------------
 
@@ -193,7 +193,7 @@ def set_fault(fault_server, mode: str) -> None:
 )
 def test_server_falls_back_to_light(fault_server, client, ranker, mode, route, budget_ms, reason):
     request = a_request(1)
-    before = read_metrics(fault_server[0].metrics_url)
+    before = settled_metrics(fault_server[0].metrics_url)
     set_fault(fault_server, mode)
     try:
         start = time.perf_counter()
@@ -201,7 +201,7 @@ def test_server_falls_back_to_light(fault_server, client, ranker, mode, route, b
         elapsed_s = time.perf_counter() - start
     finally:
         set_fault(fault_server, "ok")
-    after = read_metrics(fault_server[0].metrics_url)
+    after = settled_metrics(fault_server[0].metrics_url)
     if reason is None and served.route != "light":  # auto chose cascade/heavy and the heavy stage was late
         pytest.fail(f"auto answered {served.route} although heavy sleeps 2 s past a 300 ms budget")
     assert served.route == "light"

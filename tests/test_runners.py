@@ -29,7 +29,16 @@ from tritonclient.grpc import model_config_pb2 as mc
 from export.config import PRESETS
 from export.onnx_export import export_model, model_dims
 from export.samples import random_inputs
-from export.signature import ENGINE_MODELS, L_MAX, RANKER, ModelSignature
+from export.signature import (
+    ENGINE_MODELS,
+    L_MAX,
+    MODELS,
+    RANKER,
+    SCORER_LIGHT,
+    ModelSignature,
+    RequestError,
+    validate_inputs,
+)
 from export.train import build_model
 from model_repository.engine import make_session, run_checked
 from model_repository.ranking import cascade_merge, top_k_indices
@@ -287,6 +296,15 @@ def _neg_id(a: dict[str, np.ndarray]) -> None:
     a["candidate_ids"][0] = -5
 
 
+def _poison(name: str, value: float, count: int = 3) -> Callable[[dict[str, np.ndarray]], None]:
+    """Sets the first ``count`` values of input ``name`` to ``value`` (NaN, inf or -inf)."""
+
+    def mutate(a: dict[str, np.ndarray]) -> None:
+        a[name].reshape(-1)[:count] = value
+
+    return mutate
+
+
 BAD_REQUESTS: list[tuple[str, Callable[[dict[str, np.ndarray]], None], tuple[str, ...]]] = [
     ("embedding_lookup", _neg_id, ("candidate_ids", "negative")),
     ("embedding_lookup", lambda a: a.update(candidate_features=a["candidate_features"][:-1]), ("candidate_features",)),
@@ -297,6 +315,10 @@ BAD_REQUESTS: list[tuple[str, Callable[[dict[str, np.ndarray]], None], tuple[str
     ("scorer_light", lambda a: a["candidate_user"].__setitem__(0, 2), ("candidate_user",)),
     ("scorer_heavy", lambda a: a["history_len"].__setitem__(0, 6), ("history_len",)),
     ("scorer_heavy", lambda a: a.update(history_kv=a["history_kv"][:1]), ("history_kv", "B=")),
+    ("scorer_light", _poison("candidate_emb", np.nan), ("candidate_emb", "3 NaN/Inf", "finite")),
+    ("scorer_light", _poison("user_state", np.inf, 1), ("user_state", "1 NaN/Inf")),
+    ("scorer_heavy", _poison("history_kv", -np.inf, 2), ("history_kv", "2 NaN/Inf")),
+    ("user_tower", _poison("history_emb", np.nan, 1), ("history_emb", "1 NaN/Inf")),
 ]
 
 
@@ -313,6 +335,10 @@ BAD_REQUESTS: list[tuple[str, Callable[[dict[str, np.ndarray]], None], tuple[str
         "candidate-user-out-of-range",
         "history-len-over-L",
         "B-mismatch",
+        "nan-candidate-emb",
+        "inf-user-state",
+        "neg-inf-history-kv",
+        "nan-history-emb",
     ],
 )
 def test_runner_bad_request_fails_alone(name: str, mutate, words: tuple[str, ...], pb_utils: ModuleType, tiny_repo):
@@ -326,6 +352,37 @@ def test_runner_bad_request_fails_alone(name: str, mutate, words: tuple[str, ...
     assert_invalid_arg(responses[1], f"{name}:", *words)
     for response in (responses[0], responses[2]):
         assert list(outputs(response)) == sig.output_names
+
+
+FLOAT_INPUTS = [(sig.name, spec.name) for sig in MODELS.values() for spec in sig.inputs if spec.dtype == "FP32"]
+
+
+@pytest.mark.parametrize("model, name", FLOAT_INPUTS, ids=[f"{m}-{n}" for m, n in FLOAT_INPUTS])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_validate_inputs_rejects_non_finite_floats(model: str, name: str, value: float):
+    sig = MODELS[model]
+    arrays = random_inputs(sig, {"L": 5, "N": 7, "B": 2, "K": 3, "E": 4, "D": 6}, np.random.default_rng(0))
+    validate_inputs(sig, arrays)  # the base is valid
+    arrays[name].reshape(-1)[[0, -1]] = value
+    with pytest.raises(RequestError, match=rf"^input '{name}' has 2 NaN/Inf values; values must be finite$"):
+        validate_inputs(sig, arrays)
+
+
+def test_validate_inputs_accepts_extreme_finite_floats():
+    """Finite is the only condition: the largest, smallest and subnormal float32 values pass."""
+    sig = SCORER_LIGHT
+    arrays = random_inputs(sig, {"N": 7, "B": 2, "E": 4, "D": 6}, np.random.default_rng(0))
+    info = np.finfo(np.float32)
+    arrays["candidate_emb"].reshape(-1)[:4] = [info.max, info.min, info.smallest_subnormal, -0.0]
+    assert validate_inputs(sig, arrays)["N"] == 7
+
+
+def test_validate_inputs_checks_shapes_before_values():
+    """A NaN in a wrongly shaped input is reported as the shape error (the more basic one)."""
+    arrays = random_inputs(SCORER_LIGHT, {"N": 7, "B": 2, "E": 4, "D": 6}, np.random.default_rng(0))
+    arrays["candidate_emb"] = np.full((7, 2, 4), np.nan, np.float32)
+    with pytest.raises(RequestError, match="candidate_emb' dim 1"):
+        validate_inputs(SCORER_LIGHT, arrays)
 
 
 # --- ranker/1/model.py ------------------------------------------------------------------------------
@@ -464,6 +521,24 @@ def test_ranker_bad_requests_fail_alone(ranker_env, tiny_repo):
     np.testing.assert_array_equal(outputs(responses[0])["top_ids"], outputs(responses[6])["top_ids"])
 
 
+@pytest.mark.parametrize("name", ["user_state", "history_kv", "candidate_emb"])
+def test_ranker_non_finite_input_fails_alone(name: str, ranker_env, tiny_repo):
+    """INVALID_ARG naming the input, before any scorer call; the requests around it are answered."""
+    model, bls, _ = ranker_env
+    dims = tiny_repo[1]
+    good = ranker_inputs(dims, seed=1)
+    poisoned = ranker_inputs(dims, seed=2)
+    poisoned[name].reshape(-1)[1] = np.nan
+    responses = asyncio.run(
+        model.execute([request(good, route="light"), request(poisoned, route="cascade"), request(good, route="light")])
+    )
+    assert_invalid_arg(responses[1], "ranker:", f"input '{name}' has 1 NaN/Inf values")
+    np.testing.assert_array_equal(outputs(responses[0])["top_ids"], outputs(responses[2])["top_ids"])
+    # The scorers saw only the two good light requests: the bad cascade never reached them.
+    assert {m for m, _ in bls.calls} == {"scorer_light"}
+    assert sum(call["candidate_emb"].shape[0] for _, call in bls.calls) == 2 * N
+
+
 def test_ranker_scorer_failure_is_internal_for_that_request(ranker_env, tiny_repo):
     model, bls, _ = ranker_env
     bls.fail = {"scorer_heavy"}
@@ -488,6 +563,7 @@ def test_ranker_metrics(ranker_env, tiny_repo):
     )
     assert all(not r.has_error() for r in responses)
     families = {f.name: f for f in pb.families}
+    model.flush_metrics()  # what the stub's flusher task does every metrics_interval_ms
     assert families["ranker_requests_total"].value(route="light") == 3
     assert families["ranker_requests_total"].value(route="cascade") == 1
     assert families["ranker_candidates_scored_total"].value(tier="light") == 4 * N

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -73,9 +74,7 @@ def world_request(world: World, n: int, seed: int, row: int = 0) -> RankingReque
     return RankingRequest.from_requests(world.sample_requests(row + 1, n, seed), row)
 
 
-def expected(
-    ranker: InProcessRanker, request: RankingRequest, route: str, top_k: int | None = None
-) -> RankingResult:
+def expected(ranker: InProcessRanker, request: RankingRequest, route: str, top_k: int | None = None) -> RankingResult:
     k = DEFAULT_TOP_K if top_k is None else top_k
     return ranker.rank(request.arrays(), route, k, cascade_m=CASCADE_M)
 
@@ -152,9 +151,7 @@ def warm_up(client: grpcclient.InferenceServerClient, world: World) -> None:
             infer(client, request, route=route)
 
 
-@pytest.mark.parametrize(
-    "budget_ms", [None, 0.5, 2.0, 10.0, 100.0], ids=["default", "0.5ms", "2ms", "10ms", "100ms"]
-)
+@pytest.mark.parametrize("budget_ms", [None, 0.5, 2.0, 10.0, 100.0], ids=["default", "0.5ms", "2ms", "10ms", "100ms"])
 @pytest.mark.parametrize("n", [64, N_LARGE], ids=["n64", "n1500"])
 def test_auto_route_equals_inprocess_of_that_route(grpc_client, world, ranker, budget_ms, n):
     request = world_request(world, n, 8)
@@ -411,14 +408,28 @@ def metric(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
+def settled_metrics(url: str, timeout_s: float = 10.0) -> dict[tuple[str, frozenset], float]:
+    """The ranker sends its metrics in batches (metrics_interval_ms, 250 ms): read until two
+    reads one interval apart agree, so the updates of requests already answered are in."""
+    last = read_metrics(url)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        time.sleep(0.5)
+        now = read_metrics(url)
+        ranker_now = {k: v for k, v in now.items() if k[0].startswith("ranker_")}
+        if ranker_now == {k: v for k, v in last.items() if k[0].startswith("ranker_")} or time.monotonic() > deadline:
+            return now
+        last = now
+
+
 def test_metrics_count_requests_and_candidates(grpc_client, triton_server, world):
     sent = {"light": (3, 100), "heavy": (2, 150), "cascade": (2, 600)}  # route: (requests, N)
     top_k = 10
-    before = read_metrics(triton_server.metrics_url)
+    before = settled_metrics(triton_server.metrics_url)
     for route, (count, n) in sent.items():
         for seed in range(count):
             infer(grpc_client, world_request(world, n, 30 + seed), route=route, top_k=top_k)
-    after = read_metrics(triton_server.metrics_url)
+    after = settled_metrics(triton_server.metrics_url)
 
     def delta(name: str, **labels: str) -> float:
         return metric(after, name, **labels) - metric(before, name, **labels)

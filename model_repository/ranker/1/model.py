@@ -15,6 +15,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from export.signature import RANKER, RequestError, validate_inputs
+from model_repository.metric_buffer import MetricBuffer
 from model_repository.pipeline import RankerState, ScorerError, SharedState, admit, heavy_deadline_ms, rank
 from model_repository.ranking import parse_parameters, parse_top_k
 from model_repository.routing import CostModel, RoutePolicy, TierCost
@@ -40,6 +41,9 @@ class TritonPythonModel:
         )
         self.default_top_k = int(p["default_top_k"])
         self.heavy_timeout_ms = float(p.get("heavy_timeout_ms", "2000"))
+        # Metric updates go to the server in batches (metric_buffer.py): each one is an IPC round trip.
+        self.metrics = MetricBuffer(float(p.get("metrics_interval_ms", "250")) / 1e3)
+        self._flusher: asyncio.Task | None = None
         self._metrics()
 
     def _metrics(self) -> None:
@@ -70,6 +74,26 @@ class TritonPythonModel:
             self._by_label[key] = family.Metric(labels={label: value})
         return self._by_label[key]
 
+    def _count(self, family: object, label: str, value: str, amount: float = 1.0) -> None:
+        self.metrics.increment((family, label, value), amount)
+
+    def _set_inflight(self) -> None:
+        self.metrics.set("inflight", self.state.inflight)
+
+    def flush_metrics(self) -> None:
+        """Send the buffered metric updates to Triton (the flusher task calls this every interval)."""
+        pending = self.metrics.drain()
+        for (family, label, value), amount in pending.counters.items():
+            self._metric(family, label, value).increment(amount)
+        if "inflight" in pending.gauges:
+            self.g_inflight.set(pending.gauges["inflight"])
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.metrics.interval_s)
+            if self.metrics.due():
+                self.flush_metrics()
+
     async def _score(self, tier: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
         request = pb_utils.InferenceRequest(
             model_name=f"scorer_{tier}",
@@ -98,13 +122,13 @@ class TritonPythonModel:
             )
         refused = admit(self.state)
         if refused is not None:
-            self._metric(self.m_rejected, "reason", "max_inflight").increment(1)
+            self._count(self.m_rejected, "reason", "max_inflight")
             return pb_utils.InferenceResponse(
                 error=pb_utils.TritonError(f"ranker: {refused}", pb_utils.TritonError.UNAVAILABLE)
             )
         shared = SharedState.from_tower(arrays["user_state"], arrays["history_kv"])
         self.state.inflight += 1
-        self.g_inflight.set(self.state.inflight)
+        self._set_inflight()
         try:
             result = await rank(
                 self._score,
@@ -123,16 +147,16 @@ class TritonPythonModel:
             )
         finally:
             self.state.inflight -= 1
-            self.g_inflight.set(self.state.inflight)
+            self._set_inflight()
         elapsed_ms = (time.perf_counter() - start) * 1e3
-        self._metric(self.m_requests, "route", result.route).increment(1)
-        self._metric(self.m_latency, "route", result.route).increment(elapsed_ms)
+        self._count(self.m_requests, "route", result.route)
+        self._count(self.m_latency, "route", result.route, elapsed_ms)
         for tier, n in result.candidates_scored.items():
-            self._metric(self.m_candidates, "tier", tier).increment(n)
+            self._count(self.m_candidates, "tier", tier, n)
         if result.fallback is not None:
-            self._metric(self.m_fallbacks, "reason", result.fallback).increment(1)
+            self._count(self.m_fallbacks, "reason", result.fallback)
         if elapsed_ms > options.latency_budget_ms:
-            self._metric(self.m_misses, "route", result.route).increment(1)
+            self._count(self.m_misses, "route", result.route)
         outputs = {
             "top_ids": arrays["candidate_ids"][result.top_idx],
             "top_scores": result.scores[result.top_idx].astype(np.float32),
@@ -143,7 +167,16 @@ class TritonPythonModel:
 
     async def execute(self, requests: list) -> list:
         # Requests are independent: each gets its own response, errors included.
-        return list(await asyncio.gather(*(self._handle(r) for r in requests)))
+        if self.metrics.interval_s > 0 and (self._flusher is None or self._flusher.done()):
+            # The stub's event loop outlives execute(): the task sends what requests left pending.
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+        responses = list(await asyncio.gather(*(self._handle(r) for r in requests)))
+        if self.metrics.due():
+            self.flush_metrics()
+        return responses
 
     def finalize(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+        self.flush_metrics()
         self.state = None
