@@ -72,6 +72,11 @@ bench-smoke: venv ## Tiny perf sweep for CI (N 16, 64; concurrency 1) -> perf/re
 	$(PY) -m perf.plots --results perf/results/smoke
 	$(PY) -m perf.report --results perf/results/smoke
 
+.PHONY: profile
+
+profile: venv ## Per-model Triton statistics and py-spy of every stub under load (ROUTE=heavy, N=1024) -> perf/results/profile/
+	$(PY) -m perf.stub_profile --route $(or $(ROUTE),heavy) --n $(or $(N),1024)
+
 .PHONY: soak
 
 soak: venv ## Soak: 10,000 requests at concurrency 32 on every route; errors, answers, memory, auto budget misses

@@ -24,6 +24,7 @@ from perf.inputs import input_data, tensor_entry, tiled, world_requests, write_i
 from perf.parse import parse_composing, parse_csv, parse_csv_text, row_at
 from perf.plots import write_plots
 from perf.report import write_report
+from perf.stub_profile import STAT_PARTS, ProfileConfig, breakdown, markdown, profile, top_frames
 from perf.summary import check_schema, write_summary
 from perf.sweep import SweepConfig, _baseline, exported_preset, finish, sweep
 from perf.targets import MET, MISSED, NOT_MEASURED, evaluate_targets
@@ -215,3 +216,42 @@ def test_baseline_over_cap_is_skipped_with_reason(triton_server: RunningServer, 
     assert runs == []
     assert [s["n"] for s in skipped] == [16, 64]
     assert "measured" in skipped[0]["reason"] and "estimated 4 ms" in skipped[1]["reason"]
+
+
+# --- stub profile (perf/stub_profile.py) -----------------------------------------------------------
+
+
+def test_top_frames_counts_each_frame_once_per_stack() -> None:
+    raw = "a (x.py:1);b (x.py:2);b (x.py:2) 3\na (x.py:1);c (y.py:9) 1\nnot a sample line\n"
+    total, frames = top_frames(raw)
+    assert total == 4
+    assert dict(frames) == {"a (x.py:1)": 4, "b (x.py:2)": 3, "c (y.py:9)": 1}
+
+
+def test_breakdown_averages_per_call_over_the_window() -> None:
+    before = {"ranker": {"success": (10, 10_000_000), "queue": (10, 0), "compute_input": (10, 0),
+                         "compute_infer": (10, 5_000_000), "compute_output": (10, 0)}}  # fmt: skip
+    after = {"ranker": {"success": (14, 26_000_000), "queue": (14, 2_000_000), "compute_input": (14, 0),
+                        "compute_infer": (14, 13_000_000), "compute_output": (14, 400_000)},
+             "idle": {p: (0, 0) for p in ("success", *STAT_PARTS)}}  # fmt: skip
+    rows = breakdown(before, after, requests=2)
+    assert set(rows) == {"ranker"}  # a model not called in the window is left out
+    assert rows["ranker"]["calls_per_request"] == 2.0
+    assert rows["ranker"]["total_ms"] == pytest.approx(4.0)
+    assert rows["ranker"]["compute_infer_ms"] == pytest.approx(2.0)
+    assert rows["ranker"]["compute_output_ms"] == pytest.approx(0.1)
+
+
+def test_stub_profile_against_server(triton_server: RunningServer, tmp_path: Path) -> None:
+    cfg = ProfileConfig(route="light", n=16, seconds=1, window_requests=5)
+    result = profile(triton_server, cfg, exported_preset(), tmp_path)
+    models = result["models"]
+    for model in ("adaptive_ranking", "embedding_lookup", "user_tower", "ranker", "scorer_light"):
+        assert models[model]["calls_per_request"] == pytest.approx(1.0), model  # N=16: one micro-batch
+    assert "scorer_heavy" not in models
+    total = {m: row["total_ms"] for m, row in models.items()}
+    assert 0 < total["scorer_light"] < total["ranker"] < total["adaptive_ranking"]  # nested calls
+    ranker = result["stubs"]["ranker"]
+    assert ranker is not None and ranker["samples"] > 0, "py-spy could not record the ranker's stub"
+    assert (tmp_path / "ranker.raw.txt").is_file()
+    assert "| ranker | 1.0 |" in markdown(result)
