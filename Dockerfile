@@ -7,14 +7,17 @@
 # /opt/ranking/model_repository to keep them between runs.
 FROM nvcr.io/nvidia/tritonserver:25.08-py3
 
-# TensorRT Python bindings matching the image's TensorRT, cuda-python for the engine check, and the
-# CPU-side packages the build step imports (ONNX Runtime for the comparison).
+# TensorRT Python bindings matching the image's TensorRT, cuda-python for the engine check, the
+# CPU-side packages the build step imports (ONNX Runtime for the comparison), and torch for the
+# ranker's GPU profile (tensor_library "torch": DLPack tensors stay on the GPU between the engines).
+# torch is pinned like everywhere else in the project; here pip takes its CUDA build.
 RUN pip install --no-cache-dir \
       tensorrt-cu12==10.11.0.33 \
       cuda-python==12.9.0 \
       onnx==1.22.0 \
       onnxruntime==1.31.1 \
-      numpy==1.26.4
+      numpy==1.26.4 \
+      torch==2.13.0
 
 RUN useradd --create-home --uid 1000 triton
 WORKDIR /opt/ranking

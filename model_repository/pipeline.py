@@ -3,6 +3,10 @@
 ``rank()`` takes an async ``ScoreFn`` that runs one scorer call; the ranker's
 model.py passes one that issues a BLS request, tests pass one backed by ONNX Runtime.
 
+Arrays: NumPy arrays (CPU profile) or torch tensors on any device (GPU profile, read
+from Triton by DLPack); every array operation goes through ``model_repository.tensors``,
+so the same code runs on both and the ScoreFn returns the library it was given.
+
 Broadcast: a request's user_state [1, D] and history_kv [1, L, D] go unchanged into
 every micro-batch call; only the candidates [n, C, E] are split, and
 ``candidate_user`` [n] (all zeros) names the one user row they share.
@@ -24,11 +28,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from model_repository import tensors
 from model_repository.ranking import RequestOptions, cascade_merge, micro_batches, top_k_indices
 from model_repository.routing import AutoPlan, CostModel, RoutePolicy, plan_auto, settle_auto
+from model_repository.tensors import Array
 
-# score_fn(tier, inputs) -> scores [n]; tier is "light" or "heavy".
-ScoreFn = Callable[[str, dict[str, np.ndarray]], Awaitable[np.ndarray]]
+# score_fn(tier, inputs) -> scores [n]; tier is "light" or "heavy"; arrays of one library.
+ScoreFn = Callable[[str, dict[str, Array]], Awaitable[Array]]
 
 
 FALLBACK_REASONS: tuple[str, ...] = ("error", "timeout")  # why a cascade / auto plan fell back to light
@@ -69,22 +75,22 @@ def admit(state: RankerState) -> str | None:
 
 @dataclass(frozen=True)
 class SharedState:
-    """One request's user side, shaped for the scorers (B = 1)."""
+    """One request's user side, shaped for the scorers (B = 1), in the tower's library and device."""
 
-    user_state: np.ndarray  # (1, D)
-    history_kv: np.ndarray  # (1, L, D)
-    history_len: np.ndarray  # (1,) int64 = [L]
+    user_state: Array  # (1, D)
+    history_kv: Array  # (1, L, D)
+    history_len: Array  # (1,) int64 = [L]
 
     @classmethod
-    def from_tower(cls, user_state: np.ndarray, history_kv: np.ndarray) -> SharedState:
-        # user_state (1, D), history_kv (L, D) as the user tower returns them
-        return cls(user_state, history_kv[np.newaxis], np.array([history_kv.shape[0]], dtype=np.int64))
+    def from_tower(cls, user_state: Array, history_kv: Array) -> SharedState:
+        # user_state (1, D), history_kv (L, D) as the user tower returns them; [None] is a view
+        return cls(user_state, history_kv[None], tensors.int64_vector([history_kv.shape[0]], like=history_kv))
 
 
 @dataclass
 class RankResult:
-    top_idx: np.ndarray  # (K,) candidate positions, best first
-    scores: np.ndarray  # (N,) final scores, consistent with top_idx's order
+    top_idx: Array  # (K,) candidate positions, best first
+    scores: Array  # (N,) final scores, consistent with top_idx's order
     route: str
     plan: AutoPlan | None = None
     tier_ms: dict[str, float] = field(default_factory=dict)
@@ -93,12 +99,12 @@ class RankResult:
     fallback_detail: str = ""  # the scorer error or the deadline missed
 
 
-def scorer_inputs(tier: str, shared: SharedState, candidate_emb: np.ndarray) -> dict[str, np.ndarray]:
+def scorer_inputs(tier: str, shared: SharedState, candidate_emb: Array) -> dict[str, Array]:
     """Inputs of one scorer call: the shared user side as is, n candidates of user row 0."""
     inputs = {
         "user_state": shared.user_state,  # (1, D)
         "candidate_emb": candidate_emb,  # (n, C, E)
-        "candidate_user": np.zeros(candidate_emb.shape[0], dtype=np.int64),  # (n,)
+        "candidate_user": tensors.int64_zeros(candidate_emb.shape[0], like=candidate_emb),  # (n,)
     }
     if tier == "heavy":
         inputs["history_kv"] = shared.history_kv  # (1, L, D)
@@ -107,8 +113,8 @@ def scorer_inputs(tier: str, shared: SharedState, candidate_emb: np.ndarray) -> 
 
 
 async def score_tier(
-    score_fn: ScoreFn, state: RankerState, tier: str, shared: SharedState, candidate_emb: np.ndarray
-) -> tuple[np.ndarray, float]:
+    score_fn: ScoreFn, state: RankerState, tier: str, shared: SharedState, candidate_emb: Array
+) -> tuple[Array, float]:
     """Scores [n] of ``tier`` over ``candidate_emb`` [n, C, E], micro-batches issued
     concurrently; the wall time feeds the cost model (normalised by the load)."""
     n = candidate_emb.shape[0]
@@ -118,8 +124,8 @@ async def score_tier(
         *(score_fn(tier, scorer_inputs(tier, shared, candidate_emb[s])) for s in micro_batches(n, state.micro_batch))
     )
     elapsed_ms = (time.perf_counter() - start) * 1e3
-    scores = np.concatenate(parts).astype(np.float32, copy=False)
-    if scores.shape != (n,):
+    scores = tensors.float32(tensors.concatenate(parts))  # (n,) on the first part's device
+    if tuple(scores.shape) != (n,):
         raise ScorerError(f"{tier} scorer returned {scores.shape[0]} scores for {n} candidates")
     state.cost.observe(tier, n, elapsed_ms, load_factor=load)
     return scores, elapsed_ms
@@ -129,11 +135,11 @@ async def _heavy_or_fallback(
     score_fn: ScoreFn,
     state: RankerState,
     shared: SharedState,
-    candidate_emb: np.ndarray,
+    candidate_emb: Array,
     deadline: float,
     deadline_ms: float,
     result: RankResult,
-) -> np.ndarray | None:
+) -> Array | None:
     """Heavy scores of ``candidate_emb`` [m, C, E], or None (recorded in ``result``) when
     the heavy tier fails or has not answered by ``deadline`` (time.perf_counter())."""
     remaining_s = deadline - time.perf_counter()
@@ -158,7 +164,7 @@ async def rank(
     score_fn: ScoreFn,
     state: RankerState,
     shared: SharedState,
-    candidate_emb: np.ndarray,  # (N, C, E)
+    candidate_emb: Array,  # (N, C, E)
     route: str,
     k: int,
     budget_ms: float,
@@ -194,11 +200,13 @@ async def rank(
         scores, result.tier_ms["light"] = await score_tier(score_fn, state, "light", shared, candidate_emb)
         result.candidates_scored["light"] = n
         if route == "cascade" and plan is not None:
-            route = result.route = settle_auto(plan, scores, k, state.policy)
+            # light_confidence is one O(N) pass on the host: N floats copied on the torch path
+            route = result.route = settle_auto(plan, tensors.to_numpy(scores), k, state.policy)
         if route == "cascade":
             m = plan.m if plan is not None else state.policy.cascade_size(n, k)
             top = top_k_indices(scores, m)
-            heavy = await _heavy_or_fallback(score_fn, state, shared, candidate_emb[top], deadline, deadline_ms, result)
+            emb_top = tensors.take(candidate_emb, top)  # (M, C, E)
+            heavy = await _heavy_or_fallback(score_fn, state, shared, emb_top, deadline, deadline_ms, result)
             if heavy is None:
                 result.route = "light"
             else:

@@ -1,9 +1,12 @@
 """Request parsing and score arithmetic for the `ranker` BLS model.
 
 The Triton Python backend's ``model.py`` keeps only its lifecycle methods; every
-decision it makes on a request lives here as a pure function over NumPy arrays,
-so it is unit-tested without a server. Imports: numpy, stdlib and
-``export.signature`` only (this runs inside the Triton stub: no torch, no triton).
+decision it makes on a request lives here as a pure function, so it is unit-tested
+without a server. ``top_k_indices`` and ``cascade_merge`` (implemented in
+``model_repository/tensors.py``) take NumPy arrays or torch tensors, so the request
+path runs on either profile's arrays; the rest works on NumPy (``parse_top_k`` copies a
+one-element tensor to the host). Imports: numpy, stdlib, ``export.signature`` and
+``tensors`` (this runs inside the Triton stub: no torch import, no triton).
 
 Symbols (as in export/signature.py):
     N   candidates of the request            1 <= N <= N_MAX
@@ -24,15 +27,22 @@ from typing import Any
 import numpy as np
 
 from export.signature import REQUEST_PARAMETERS, ROUTES, RequestError
+from model_repository.tensors import Array, cascade_merge, to_numpy, top_k_indices
+
+__all__ = [  # top_k_indices and cascade_merge are re-exported: callers import them from here
+    "RequestOptions",
+    "cascade_merge",
+    "light_confidence",
+    "micro_batches",
+    "parse_parameters",
+    "parse_top_k",
+    "top_k_indices",
+]
 
 ROUTE_PARAM = "route"
 BUDGET_PARAM = "latency_budget_ms"
 assert {ROUTE_PARAM, BUDGET_PARAM} == set(REQUEST_PARAMETERS), "export.signature changed its request parameters"
 DEFAULT_ROUTE = "auto"
-
-# Below this many candidates, or when K is a large share of N, one stable sort is
-# as fast as argpartition plus the tie fix-up.
-_PARTITION_MIN_N = 64
 
 
 @dataclass(frozen=True)
@@ -94,16 +104,17 @@ def _parse_budget(value: Any) -> float:
     return budget
 
 
-def parse_top_k(top_k: np.ndarray | None, n: int, default_k: int) -> int:
+def parse_top_k(top_k: Array | None, n: int, default_k: int) -> int:
     """K for a request with ``n`` candidates: the optional ``top_k`` INT32 [1] input.
 
     Absent -> min(default_k, n). A K above n is clipped to n (asking for "the best
-    100" of 40 candidates is not an error); K < 1 is.
+    100" of 40 candidates is not an error); K < 1 is. A tensor is read on the host.
     """
     if n < 1 or default_k < 1:
         raise ValueError(f"n and default_k must be >= 1, got n={n}, default_k={default_k}")
     if top_k is None:
         return min(default_k, n)
+    top_k = to_numpy(top_k)
     if top_k.shape != (1,):
         raise RequestError(f"input 'top_k' must have shape [1], got {list(top_k.shape)}")
     if not np.issubdtype(top_k.dtype, np.integer):
@@ -134,83 +145,6 @@ def micro_batches(n: int, size: int) -> list[slice]:
         stop = start + base + (i < extra)
         out.append(slice(start, stop))
         start = stop
-    return out
-
-
-def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` highest scores [N] -> [min(k, N)], descending, ties by lower index.
-
-    Identical to ``np.argsort(-scores, kind="stable")[:k]`` (NaN ranks last), in
-    O(N + k log k) for k << N: argpartition finds the k-th value t, then all
-    scores above t plus the lowest-index scores equal to t are sorted stably.
-    """
-    if scores.ndim != 1:
-        raise ValueError(f"scores must be 1-D, got shape {list(scores.shape)}")
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
-    n = scores.shape[0]
-    k = min(k, n)
-    neg = -scores  # ascending order of neg == descending order of scores
-    if k == 0:
-        return np.empty(0, dtype=np.intp)
-    if n < _PARTITION_MIN_N or 4 * k >= n:
-        return np.argsort(neg, kind="stable")[:k]
-    t = neg[np.argpartition(neg, k - 1)[k - 1]]  # k-th smallest of neg
-    if np.isnan(t):  # fewer than k non-NaN scores: the NaN order needs the full sort
-        return np.argsort(neg, kind="stable")[:k]
-    above = np.flatnonzero(neg < t)  # ascending index, fewer than k of them
-    tied = np.flatnonzero(neg == t)[: k - above.size]  # lowest indices first
-    # Every tied value is below every `above` value, so ties only occur inside
-    # each ascending group and the stable sort breaks them by index.
-    sel = np.concatenate([above, tied])  # (k,)
-    return sel[np.argsort(neg[sel], kind="stable")]
-
-
-def cascade_merge(light: np.ndarray, heavy_top: np.ndarray, top_idx: np.ndarray) -> np.ndarray:
-    """Final scores [N] of a cascade: light [N] on all, heavy_top [M] on light's top M (top_idx [M]).
-
-    Rule (scores are probabilities in [0, 1], as the scorers return):
-    - re-scored candidates get their heavy score: out[top_idx] = heavy_top;
-    - with floor = min(heavy_top), every other candidate gets light * 2**-e, e >= 0
-      the smallest integer with max(light[rest]) * 2**-e < floor. Rest scores that
-      are already below floor are kept unchanged (e = 0).
-    Scaling by a power of two is exact in floating point (outside the subnormal
-    range), so the rest keep their light order bit for bit (no new ties), all lie
-    in [0, floor) and therefore rank strictly below every re-scored candidate, and
-    the output stays in [0, 1].
-
-    Fallback when the scaling cannot work (floor <= 0, or a negative light score,
-    i.e. not probabilities): rest = floor - 1 - (max(light[rest]) - light), a shift
-    that keeps the rest's order (weakly, up to rounding) and puts them below floor.
-    """
-    if light.ndim != 1 or heavy_top.ndim != 1 or heavy_top.shape != top_idx.shape:
-        raise ValueError(
-            f"need light [N], heavy_top [M], top_idx [M]; got {list(light.shape)}, "
-            f"{list(heavy_top.shape)}, {list(top_idx.shape)}"
-        )
-    n, m = light.shape[0], heavy_top.shape[0]
-    dtype = np.result_type(light.dtype, heavy_top.dtype, np.float32)
-    out = light.astype(dtype, copy=True)
-    if m == 0:
-        return out
-    if top_idx.min() < 0 or top_idx.max() >= n:
-        raise ValueError(f"top_idx must lie in 0..{n - 1}, got {top_idx.min()}..{top_idx.max()}")
-    rest = np.ones(n, dtype=bool)
-    rest[top_idx] = False
-    if int(rest.sum()) != n - m:
-        raise ValueError("top_idx must not repeat an index")
-    out[top_idx] = heavy_top
-    if m == n:
-        return out
-    floor = float(heavy_top.min())
-    lo, hi = float(light[rest].min()), float(light[rest].max())
-    if floor > 0 and lo >= 0:
-        e = 0 if hi < floor else max(0, math.floor(math.log2(hi / floor)))
-        while math.ldexp(hi, -e) >= floor:  # at most two steps past the log2 estimate
-            e += 1
-        out[rest] = np.ldexp(out[rest], -e)
-    else:
-        out[rest] = (floor - 1.0) - (hi - light[rest].astype(np.float64))
     return out
 
 

@@ -20,6 +20,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from export.signature import DIM_LIMITS, ENGINE_MODELS, MODELS, ModelSignature, TensorSpec
 from model_repository.routing import TIERS
+from model_repository.tensors import LIBRARIES
 
 REPO = Path(__file__).resolve().parents[1] / "model_repository"
 CONFIG_FILES = sorted(REPO.glob("*/config.pbtxt")) + sorted(REPO.glob("*/configs/*.pbtxt"))
@@ -56,7 +57,7 @@ def _tensors(cfg: mc.ModelConfig, kind: str) -> dict[str, mc.ModelInput | mc.Mod
 def test_every_model_has_a_config():
     folders = {p.parent.name for p in REPO.glob("*/config.pbtxt")}
     assert folders == set(MODELS), "every signature model needs exactly one folder with a config.pbtxt"
-    assert {p.parent.parent.name for p in REPO.glob("*/configs/cpu.pbtxt")} == set(ENGINE_MODELS)
+    assert {p.parent.parent.name for p in REPO.glob("*/configs/cpu.pbtxt")} == set(ENGINE_MODELS) | {"ranker"}
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=_id)
@@ -105,17 +106,50 @@ def _ranker_parameter_reads() -> dict[str, type]:
     return reads
 
 
-def test_ranker_config_has_every_parameter_it_reads():
-    cfg = load_config(REPO / "ranker" / "config.pbtxt")
+RANKER_PROFILES = ["config.pbtxt", "configs/cpu.pbtxt"]
+# What must differ between the ranker's profiles; everything else must be identical.
+RANKER_PROFILE_PARAMETERS = ("FORCE_CPU_ONLY_INPUT_TENSORS", "tensor_library")
+
+
+@pytest.mark.parametrize("profile", RANKER_PROFILES, ids=["gpu", "cpu"])
+def test_ranker_config_has_every_parameter_it_reads(profile: str):
+    cfg = load_config(REPO / "ranker" / profile)
     assert cfg.backend == "python"
-    assert all(g.kind == mc.ModelInstanceGroup.KIND_CPU for g in cfg.instance_group)
     reads = _ranker_parameter_reads()
     assert {"micro_batch", "cascade_m", "default_top_k", "light_fixed_ms", "heavy_per_candidate_ms"} <= set(reads)
     missing = set(reads) - set(cfg.parameters)
-    assert not missing, f"ranker/config.pbtxt lacks parameters {sorted(missing)}"
+    assert not missing, f"ranker/{profile} lacks parameters {sorted(missing)}"
     for key, cast in reads.items():
         value = cast(cfg.parameters[key].string_value)  # raises if unparseable
         assert np.isfinite(value) and value >= 0, f"parameter {key}={value}"
+
+
+def test_ranker_profiles():
+    """GPU: device tensors by DLPack on a GPU instance; CPU: NumPy on the host; nothing else differs."""
+    gpu = load_config(REPO / "ranker" / "config.pbtxt")
+    cpu = load_config(REPO / "ranker" / "configs" / "cpu.pbtxt")
+    gpu_params = {k: v.string_value for k, v in gpu.parameters.items()}
+    cpu_params = {k: v.string_value for k, v in cpu.parameters.items()}
+    assert gpu.instance_group and cpu.instance_group
+    assert all(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in gpu.instance_group)
+    assert all(g.kind == mc.ModelInstanceGroup.KIND_CPU for g in cpu.instance_group)
+    # Without "no", Triton copies GPU inputs to the host before execute(): DLPack would gain nothing.
+    assert gpu_params["FORCE_CPU_ONLY_INPUT_TENSORS"] == "no"
+    assert gpu_params["tensor_library"] == "torch"
+    # as_numpy() needs host memory: the NumPy profile must not take device tensors.
+    assert cpu_params["FORCE_CPU_ONLY_INPUT_TENSORS"] == "yes"
+    assert cpu_params["tensor_library"] == "numpy"
+    assert {gpu_params["tensor_library"], cpu_params["tensor_library"]} <= set(LIBRARIES)
+    assert set(gpu_params) == set(cpu_params), "the profiles must set the same parameters"
+    differ = sorted(k for k in gpu_params if gpu_params[k] != cpu_params[k])
+    assert differ == sorted(RANKER_PROFILE_PARAMETERS), f"parameters that differ between profiles: {differ}"
+    # The whole config (tensors, instance counts, batching, every other parameter) is the same
+    # once the kind and the profile parameters are set to the CPU profile's.
+    for group in gpu.instance_group:
+        group.kind = mc.ModelInstanceGroup.KIND_CPU
+    for key in RANKER_PROFILE_PARAMETERS:
+        gpu.parameters[key].string_value = cpu_params[key]
+    assert text_format.MessageToString(gpu) == text_format.MessageToString(cpu)
 
 
 # --- ensemble wiring ---------------------------------------------------------------------------

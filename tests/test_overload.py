@@ -51,16 +51,19 @@ def test_engine_queues_are_bounded(name: str, profile: str):
     assert 0 < policy.default_timeout_microseconds <= 60_000_000
 
 
-def test_ranker_bounds_requests_in_flight():
-    cfg = _config(REPOSITORY / "ranker" / "config.pbtxt")
+@pytest.mark.parametrize("profile", ["config.pbtxt", "configs/cpu.pbtxt"])
+def test_ranker_bounds_requests_in_flight(profile: str):
+    cfg = _config(REPOSITORY / "ranker" / profile)
     assert not cfg.HasField("dynamic_batching")
     assert 0 < int(cfg.parameters["max_inflight"].string_value) <= 256
     assert float(cfg.parameters["heavy_timeout_ms"].string_value) > 0
 
 
 def _tighten(repo: Path) -> None:
-    ranker = repo / "ranker" / "config.pbtxt"
-    ranker.write_text(re.sub(r'(key: "max_inflight"\s*value: \{ string_value: )"\d+"', r'\1"2"', ranker.read_text()))
+    ranker = repo / "ranker" / "configs" / "cpu.pbtxt"  # the profile run_server serves
+    text, count = re.subn(r'(key: "max_inflight"\s*value: \{ string_value: )"\d+"', r'\1"2"', ranker.read_text())
+    assert count == 1, f"no max_inflight parameter in {ranker}"
+    ranker.write_text(text)
     for tier in ("scorer_light", "scorer_heavy"):
         cpu = repo / tier / "configs" / "cpu.pbtxt"
         cpu.write_text(re.sub(r"max_queue_size: \d+", "max_queue_size: 2", cpu.read_text()))

@@ -55,12 +55,33 @@ class Tensor:
         if not isinstance(name, str) or not isinstance(array, np.ndarray):
             raise TypeError(f"Tensor(name: str, array: np.ndarray), got {type(name).__name__}, {type(array).__name__}")
         self._name, self._array = name, array
+        self.via_dlpack = False  # built by from_dlpack (the ranker's torch path)
+
+    @classmethod
+    def from_dlpack(cls, name: str, tensor: Any) -> Tensor:
+        """As pb_utils: an object with ``__dlpack__`` / ``__dlpack_device__``, C-contiguous only."""
+        if not (hasattr(tensor, "__dlpack__") and hasattr(tensor, "__dlpack_device__")):
+            raise TypeError(f"Tensor.from_dlpack needs a DLPack object, got {type(tensor).__name__}")
+        array = np.from_dlpack(tensor)  # zero copy on the CPU
+        if not array.flags.c_contiguous:
+            raise ValueError("DLPack tensor is not contiguous. Only contiguous DLPack tensors are supported.")
+        out = cls(name, array)
+        out.via_dlpack = True
+        return out
 
     def name(self) -> str:
         return self._name
 
     def as_numpy(self) -> np.ndarray:
         return self._array
+
+    def to_dlpack(self) -> Any:
+        return self._array.__dlpack__()  # a "dltensor" capsule, as pb_utils returns
+
+
+class PreferredMemory:
+    def __init__(self, preferred_memory_type: int, preferred_device_id: int = 0) -> None:
+        self.preferred_memory_type, self.preferred_device_id = preferred_memory_type, preferred_device_id
 
 
 class TritonError(Exception):
@@ -108,9 +129,13 @@ class InferenceRequest:
         inputs: list[Tensor] | tuple[Tensor, ...] = (),
         requested_output_names: list[str] | tuple[str, ...] = (),
         parameters: dict[str, Any] | None = None,
+        preferred_memory: PreferredMemory | None = None,
     ) -> None:
         if not all(isinstance(t, Tensor) for t in inputs):
             raise TypeError("inputs must be a list of Tensor")
+        if preferred_memory is not None and not isinstance(preferred_memory, PreferredMemory):
+            raise TypeError(f"preferred_memory must be a PreferredMemory, got {type(preferred_memory).__name__}")
+        self.preferred_memory = preferred_memory
         self.model_name = model_name
         self._inputs = list(inputs)
         self.requested_output_names = list(requested_output_names)
@@ -182,6 +207,8 @@ def make_pb_utils(executor: Callable[[InferenceRequest], InferenceResponse] | No
             families.append(self)
 
     mod.Tensor = Tensor
+    mod.PreferredMemory = PreferredMemory
+    mod.TRITONSERVER_MEMORY_CPU, mod.TRITONSERVER_MEMORY_GPU = 0, 2  # tritonserver.h's enum values
     mod.TritonError = TritonError
     mod.InferenceResponse = InferenceResponse
     mod.InferenceRequest = _Request
@@ -394,10 +421,12 @@ class FakeBLS:
     def __init__(self, sessions: dict[str, ort.InferenceSession], fail: set[str] = frozenset()) -> None:
         self.sessions, self.fail = sessions, fail
         self.calls: list[tuple[str, dict[str, np.ndarray]]] = []
+        self.requests: list[InferenceRequest] = []
 
     def __call__(self, req: InferenceRequest) -> InferenceResponse:
         arrays = {t.name(): t.as_numpy() for t in req.inputs()}
         self.calls.append((req.model_name, arrays))
+        self.requests.append(req)
         assert req.requested_output_names == ["scores"]
         if req.model_name in self.fail:
             return InferenceResponse(error=TritonError(f"{req.model_name} is unavailable", TritonError.UNAVAILABLE))
@@ -408,16 +437,18 @@ class FakeBLS:
 MICRO_BATCH, CASCADE_M, N = 7, 6, 20
 
 
-@pytest.fixture
+# Both ranker profiles on CPU arrays: the CPU one (NumPy, as_numpy) and the production one
+# (torch tensors through DLPack; here on the CPU, as a KIND_GPU config read without a GPU).
+@pytest.fixture(params=["configs/cpu.pbtxt", "config.pbtxt"], ids=["numpy", "torch"])
 def ranker_env(
-    monkeypatch: pytest.MonkeyPatch, scorer_sessions, tiny_repo
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, scorer_sessions, tiny_repo
 ) -> Iterator[tuple[Any, FakeBLS, ModuleType]]:
     bls = FakeBLS(scorer_sessions)
     for pb in _install(monkeypatch, make_pb_utils(bls)):
         module = load_model_py(REPO / "ranker" / "1" / "model.py")
         model = module.TritonPythonModel()
         args = model_args(
-            REPO / "ranker" / "config.pbtxt", tiny_repo[0], micro_batch=str(MICRO_BATCH), cascade_m=str(CASCADE_M)
+            REPO / "ranker" / request.param, tiny_repo[0], micro_batch=str(MICRO_BATCH), cascade_m=str(CASCADE_M)
         )
         model.initialize(args)
         yield model, bls, pb
@@ -481,6 +512,18 @@ def test_ranker_routes(route: str, ranker_env, scorer_sessions, tiny_repo):
     }
     expected = {"light": (N, 0), "heavy": (0, N), "cascade": (N, CASCADE_M)}[route]
     assert (scored["light"], scored["heavy"]) == expected
+    # The torch profile builds every scorer input and output by DLPack and asks for the scores
+    # on the candidates' device (the CPU here); the NumPy profile leaves the placement to Triton.
+    torch_path = model.library == "torch"
+    assert {t.via_dlpack for r in bls.requests for t in r.inputs()} == {torch_path}
+    assert {t.via_dlpack for t in response.output_tensors()} == ({True, False} if torch_path else {False})
+    placements = {
+        None
+        if r.preferred_memory is None
+        else (r.preferred_memory.preferred_memory_type, r.preferred_memory.preferred_device_id)
+        for r in bls.requests
+    }
+    assert placements == ({(0, 0)} if torch_path else {None})  # (TRITONSERVER_MEMORY_CPU, device 0)
 
 
 @pytest.mark.parametrize("budget, route", [(1e6, "heavy"), (1e-3, "light")], ids=["roomy-budget", "tight-budget"])

@@ -3,6 +3,11 @@
 Lifecycle only: the request path is model_repository/pipeline.py (tested without
 Triton); parsing and top-k are model_repository/ranking.py, routing
 model_repository/routing.py. Bad requests get INVALID_ARG naming the input.
+
+Parameter ``tensor_library`` picks the arrays the request path runs on
+(model_repository/tensors.py): "numpy" (CPU profile, ``as_numpy()``) or "torch" (GPU
+profile: inputs, scorer calls and outputs by DLPack, zero copy, tensors stay on the
+device Triton gave them; torch is imported only then). Default "numpy".
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ import time
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from export.signature import RANKER, RequestError, validate_inputs
+from export.signature import RANKER, RequestError
+from model_repository import tensors
 from model_repository.metric_buffer import MetricBuffer
 from model_repository.pipeline import RankerState, ScorerError, SharedState, admit, heavy_deadline_ms, rank
 from model_repository.ranking import parse_parameters, parse_top_k
 from model_repository.routing import CostModel, RoutePolicy, TierCost
+from model_repository.tensors import Array
 
 
 def _params(config: dict) -> dict[str, str]:
@@ -40,6 +47,7 @@ class TritonPythonModel:
             policy, CostModel(priors), micro_batch=int(p["micro_batch"]), max_inflight=int(p.get("max_inflight", "0"))
         )
         self.default_top_k = int(p["default_top_k"])
+        self.library = tensors.load_library(p.get("tensor_library", "numpy"))
         self.heavy_timeout_ms = float(p.get("heavy_timeout_ms", "2000"))
         # Metric updates go to the server in batches (metric_buffer.py): each one is an IPC round trip.
         self.metrics = MetricBuffer(float(p.get("metrics_interval_ms", "250")) / 1e3)
@@ -94,16 +102,25 @@ class TritonPythonModel:
             if self.metrics.due():
                 self.flush_metrics()
 
-    async def _score(self, tier: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def _placement(self, like: Array) -> dict[str, object]:
+        """torch: ask for the scorer's scores on the device the candidates are on (no copy back)."""
+        if self.library == "numpy":
+            return {}
+        kind, device = tensors.placement(like)
+        memory = pb_utils.TRITONSERVER_MEMORY_GPU if kind == "gpu" else pb_utils.TRITONSERVER_MEMORY_CPU
+        return {"preferred_memory": pb_utils.PreferredMemory(memory, device)}
+
+    async def _score(self, tier: str, inputs: dict[str, Array]) -> Array:
         request = pb_utils.InferenceRequest(
             model_name=f"scorer_{tier}",
-            inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
+            inputs=[tensors.to_triton(pb_utils.Tensor, name, array) for name, array in inputs.items()],
             requested_output_names=["scores"],
+            **self._placement(inputs["candidate_emb"]),
         )
         response = await request.async_exec()
         if response.has_error():
             raise ScorerError(f"scorer_{tier}: {response.error().message()}")
-        return pb_utils.get_output_tensor_by_name(response, "scores").as_numpy()
+        return tensors.from_triton(pb_utils.get_output_tensor_by_name(response, "scores"), self.library)
 
     async def _handle(self, request: object) -> object:
         start = time.perf_counter()
@@ -111,9 +128,9 @@ class TritonPythonModel:
         for name in RANKER.input_names:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is not None:
-                arrays[name] = tensor.as_numpy()
+                arrays[name] = tensors.from_triton(tensor, self.library)
         try:
-            sizes = validate_inputs(RANKER, arrays)
+            sizes = tensors.validate_inputs(RANKER, arrays)
             options = parse_parameters(request.parameters(), self.state.policy.default_budget_ms)
             k = parse_top_k(arrays.get("top_k"), sizes["N"], self.default_top_k)
         except RequestError as exc:
@@ -158,12 +175,12 @@ class TritonPythonModel:
         if elapsed_ms > options.latency_budget_ms:
             self._count(self.m_misses, "route", result.route)
         outputs = {
-            "top_ids": arrays["candidate_ids"][result.top_idx],
-            "top_scores": result.scores[result.top_idx].astype(np.float32),
-            "scores": result.scores.astype(np.float32),
-            "route": np.array([result.route.encode()], dtype=np.object_),
+            "top_ids": tensors.take(arrays["candidate_ids"], result.top_idx),  # (K,) int64
+            "top_scores": tensors.float32(tensors.take(result.scores, result.top_idx)),  # (K,)
+            "scores": tensors.float32(result.scores),  # (N,)
+            "route": np.array([result.route.encode()], dtype=np.object_),  # BYTES has no DLPack form
         }
-        return pb_utils.InferenceResponse([pb_utils.Tensor(name, value) for name, value in outputs.items()])
+        return pb_utils.InferenceResponse([tensors.to_triton(pb_utils.Tensor, n, v) for n, v in outputs.items()])
 
     async def execute(self, requests: list) -> list:
         # Requests are independent: each gets its own response, errors included.
