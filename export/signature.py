@@ -52,6 +52,9 @@ NUMPY_DTYPES: dict[str, type] = {
     "FP32": np.float32,
     "BYTES": np.object_,
 }
+# Inputs of these dtypes must be finite: a NaN or Inf in an embedding or user state does not
+# fail in the engines, it turns every score it touches into NaN and top-K over NaN is arbitrary.
+FLOAT_DTYPES: frozenset[str] = frozenset(d for d, t in NUMPY_DTYPES.items() if np.issubdtype(t, np.floating))
 
 
 class RequestError(ValueError):
@@ -197,7 +200,8 @@ def validate_inputs(sig: ModelSignature, arrays: dict[str, np.ndarray]) -> dict[
 
     Raises RequestError naming the offending input (and the other input a
     symbol was bound from, for mismatches). Checks dtype, rank, fixed dims,
-    symbol agreement across inputs, DIM_LIMITS and the ``values`` constraint.
+    symbol agreement across inputs, DIM_LIMITS, the ``values`` constraint and
+    that float inputs are finite.
     """
     bound: dict[str, tuple[int, str]] = {}
     for spec in sig.inputs:
@@ -219,9 +223,7 @@ def validate_inputs(sig: ModelSignature, arrays: dict[str, np.ndarray]) -> dict[
                 continue
             if dim in bound and bound[dim][0] != size:
                 size0, name0 = bound[dim]
-                raise RequestError(
-                    f"input '{spec.name}' has {dim}={size} but '{name0}' has {dim}={size0}"
-                )
+                raise RequestError(f"input '{spec.name}' has {dim}={size} but '{name0}' has {dim}={size0}")
             lo, hi = DIM_LIMITS.get(dim, (1, None))
             if size < lo or (hi is not None and size > hi):
                 raise RequestError(
@@ -230,10 +232,22 @@ def validate_inputs(sig: ModelSignature, arrays: dict[str, np.ndarray]) -> dict[
             bound[dim] = (size, spec.name)
     sizes = {k: v[0] for k, v in bound.items()}
     for spec in sig.inputs:
-        if spec.values is None or spec.name not in arrays:
+        if spec.name not in arrays:
             continue
-        _check_values(spec, arrays[spec.name], sizes)
+        if spec.values is not None:
+            _check_values(spec, arrays[spec.name], sizes)
+        if spec.dtype in FLOAT_DTYPES:
+            _check_finite(spec, arrays[spec.name])
     return sizes
+
+
+def _check_finite(spec: TensorSpec, a: np.ndarray) -> None:
+    # One isfinite pass on the happy path; counting happens only for the error message.
+    finite = np.isfinite(a)
+    if finite.all():
+        return
+    bad = a.size - int(np.count_nonzero(finite))
+    raise RequestError(f"input '{spec.name}' has {bad} NaN/Inf values; values must be finite")
 
 
 def _check_values(spec: TensorSpec, a: np.ndarray, sizes: dict[str, int]) -> None:
