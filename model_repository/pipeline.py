@@ -15,8 +15,9 @@ Faults: when the heavy tier fails (``ScorerError``) or runs past the request's
 budget inside a cascade or an auto plan, ``rank`` falls back to the light ranking,
 reports route "light" and says why in ``RankResult.fallback``. An explicit
 ``route=heavy`` has nothing to fall back to: its ``ScorerError`` reaches the caller.
-Overload: ``admit`` refuses a request once ``max_inflight`` are being ranked, so the
-ranker never holds an unbounded number of requests.
+Load: Triton gives a ranker instance one request at a time and bounds the queue in
+front of it (the config's queue policy); ``RankerState.load`` measures how busy the
+instance is, and "auto" plans with the wait that implies (model_repository/load.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model_repository import tensors
+from model_repository.load import LoadMeter
 from model_repository.ranking import RequestOptions, cascade_merge, micro_batches, top_k_indices
 from model_repository.routing import AutoPlan, CostModel, RoutePolicy, plan_auto, settle_auto
 from model_repository.tensors import Array
@@ -48,14 +50,17 @@ class ScorerError(RuntimeError):
 class RankerState:
     """What the ranker learns and tracks across requests (one per model instance).
 
-    max_inflight  requests ranked at once before ``admit`` refuses more (0 = no limit)
+    load  busy intervals of this instance; None = "auto" plans as if nothing queued
     """
 
     policy: RoutePolicy
     cost: CostModel
     micro_batch: int = 512
-    inflight: int = 0
-    max_inflight: int = 0
+    load: LoadMeter | None = None
+
+    def wait_ms(self) -> float:
+        """How long a request starting now has likely queued (0 when load-unaware)."""
+        return self.load.expected_wait_ms() if self.load is not None else 0.0
 
 
 def heavy_deadline_ms(options: RequestOptions, heavy_timeout_ms: float) -> float:
@@ -65,12 +70,6 @@ def heavy_deadline_ms(options: RequestOptions, heavy_timeout_ms: float) -> float
     budget-less cascade into light)."""
     return options.latency_budget_ms if options.budget_given else heavy_timeout_ms
 
-
-def admit(state: RankerState) -> str | None:
-    """None if one more request may be ranked now, else the reason it may not (overload)."""
-    if state.max_inflight and state.inflight >= state.max_inflight:
-        return f"overloaded: {state.inflight} requests in flight (max_inflight {state.max_inflight}); retry later"
-    return None
 
 
 @dataclass(frozen=True)
@@ -116,9 +115,8 @@ async def score_tier(
     score_fn: ScoreFn, state: RankerState, tier: str, shared: SharedState, candidate_emb: Array
 ) -> tuple[Array, float]:
     """Scores [n] of ``tier`` over ``candidate_emb`` [n, C, E], micro-batches issued
-    concurrently; the wall time feeds the cost model (normalised by the load)."""
+    concurrently; the wall time feeds the cost model."""
     n = candidate_emb.shape[0]
-    load = state.policy.load_factor(state.inflight)
     start = time.perf_counter()
     parts = await asyncio.gather(
         *(score_fn(tier, scorer_inputs(tier, shared, candidate_emb[s])) for s in micro_batches(n, state.micro_batch))
@@ -127,7 +125,7 @@ async def score_tier(
     scores = tensors.float32(tensors.concatenate(parts))  # (n,) on the first part's device
     if tuple(scores.shape) != (n,):
         raise ScorerError(f"{tier} scorer returned {scores.shape[0]} scores for {n} candidates")
-    state.cost.observe(tier, n, elapsed_ms, load_factor=load)
+    state.cost.observe(tier, n, elapsed_ms)
     return scores, elapsed_ms
 
 
@@ -184,7 +182,7 @@ async def rank(
     n = candidate_emb.shape[0]
     plan = None
     if route == "auto":
-        plan = plan_auto(state.cost, n, k, budget_ms, state.inflight, state.policy)
+        plan = plan_auto(state.cost, n, k, budget_ms, state.wait_ms(), state.policy)
         route = plan.route
     result = RankResult(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32), route, plan)
     scores = None

@@ -4,8 +4,9 @@ ARM routes each request to the most effective model that fits its latency budget
 Here that is decided in two steps, both pure functions over a learned cost model:
 
 1. ``plan_auto`` before any scoring: predict each route's latency from the number
-   of candidates N, the cost model's per-tier fixed + per-candidate costs and the
-   current load, and pick the best route that fits: heavy > cascade > light.
+   of candidates N and the cost model's per-tier fixed + per-candidate costs, and
+   pick the best route that fits the budget left after the request's likely queueing
+   (model_repository/load.py): heavy > cascade > light.
 2. ``settle_auto`` after the light scores exist (cascade plan only): when light is
    already confident about its top-k set, stop there and save the heavy call.
 
@@ -101,9 +102,10 @@ class CostModel:
     ``observe(tier, n, elapsed_ms)`` records the wall time of one tier stage on n
     candidates (all its micro-batches, issued concurrently); ``predicted_ms`` is
     fixed + per_candidate * n of the current fit. ``priors`` are used until a tier
-    has ``min_observations`` timings. Timings taken under load should pass the
-    load factor they ran under, so the model learns the unloaded cost that
-    ``predict_route_ms`` scales by the load at planning time.
+    has ``min_observations`` timings. Timings are those of the scorer calls as the
+    ranker sees them (the scorers' own queueing included), so the fit follows the
+    load the scorers are under; the queueing before the ranker is ``plan_auto``'s
+    ``wait_ms``.
 
     Concurrency: every method is synchronous (no awaits), so under asyncio each
     call is atomic; a lock also makes it safe from the backend's threads.
@@ -126,17 +128,15 @@ class CostModel:
             raise ValueError(f"unknown tier {tier!r}; tiers are {TIERS}")
         return self._fits[tier]
 
-    def observe(self, tier: str, n: int, elapsed_ms: float, load_factor: float = 1.0) -> None:
-        """Record that ``tier`` scored ``n`` candidates in ``elapsed_ms`` at ``load_factor``."""
+    def observe(self, tier: str, n: int, elapsed_ms: float) -> None:
+        """Record that ``tier`` scored ``n`` candidates in ``elapsed_ms``."""
         fit = self._fit(tier)
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if not (math.isfinite(elapsed_ms) and elapsed_ms >= 0):
             raise ValueError(f"elapsed_ms must be finite and >= 0, got {elapsed_ms}")
-        if not (math.isfinite(load_factor) and load_factor >= 1):
-            raise ValueError(f"load_factor must be finite and >= 1, got {load_factor}")
         with self._lock:
-            fit.add(float(n), elapsed_ms / load_factor, self.forgetting)
+            fit.add(float(n), elapsed_ms, self.forgetting)
 
     def cost(self, tier: str) -> TierCost:
         """The current (fixed_ms, per_candidate_ms) estimate of ``tier``."""
@@ -145,7 +145,7 @@ class CostModel:
             return fit.solve(self.min_observations)
 
     def predicted_ms(self, tier: str, n: int) -> float:
-        """Unloaded latency of scoring ``n`` candidates on ``tier``."""
+        """Latency of scoring ``n`` candidates on ``tier``."""
         return self.cost(tier).predict(n)
 
     def snapshot(self) -> dict[str, dict[str, float | int | bool]]:
@@ -170,8 +170,6 @@ class RoutePolicy:
     cascade_m             heavy re-scores the light top max(cascade_m, k) in a cascade
     confidence_threshold  light_confidence at or above which a cascade stops at light
     default_budget_ms     budget of requests without ``latency_budget_ms``
-    parallelism           scorer instances (or cores) serving requests at once; the
-                          load factor is max(1, inflight / parallelism)
     safety_factor         a route fits when predicted_ms * safety_factor <= budget,
                           a margin for the cost model's error and the BLS overhead
     """
@@ -179,7 +177,6 @@ class RoutePolicy:
     cascade_m: int = 128
     confidence_threshold: float = 0.9
     default_budget_ms: float = 100.0
-    parallelism: int = 1
     safety_factor: float = 1.2
 
     def __post_init__(self) -> None:
@@ -189,27 +186,16 @@ class RoutePolicy:
             raise ValueError(f"confidence_threshold must lie in [0, 1], got {self.confidence_threshold}")
         if not (math.isfinite(self.default_budget_ms) and self.default_budget_ms > 0):
             raise ValueError(f"default_budget_ms must be finite and > 0, got {self.default_budget_ms}")
-        if self.parallelism < 1:
-            raise ValueError(f"parallelism must be >= 1, got {self.parallelism}")
         if not (math.isfinite(self.safety_factor) and self.safety_factor >= 1):
             raise ValueError(f"safety_factor must be finite and >= 1, got {self.safety_factor}")
-
-    def load_factor(self, inflight: int) -> float:
-        """How much slower than unloaded: requests beyond ``parallelism`` queue up."""
-        return max(1.0, inflight / self.parallelism)
 
     def cascade_size(self, n: int, k: int) -> int:
         """M: at least k, so every returned result carries a heavy score; at most n."""
         return min(n, max(self.cascade_m, k))
 
 
-def predict_route_ms(cost: CostModel, route: str, n: int, m: int, inflight: int, policy: RoutePolicy) -> float:
-    """Predicted latency of ``route`` on n candidates (cascade: heavy on m of them).
-
-    ``inflight`` counts the ranker requests being scored now, this one included;
-    the unloaded prediction is multiplied by max(1, inflight / parallelism) since
-    requests beyond the scorers' parallelism wait for a free instance.
-    """
+def predict_route_ms(cost: CostModel, route: str, n: int, m: int) -> float:
+    """Predicted scoring latency of ``route`` on n candidates (cascade: heavy on m of them)."""
     if route == "light":
         ms = cost.predicted_ms("light", n)
     elif route == "heavy":
@@ -218,7 +204,7 @@ def predict_route_ms(cost: CostModel, route: str, n: int, m: int, inflight: int,
         ms = cost.predicted_ms("light", n) + cost.predicted_ms("heavy", min(m, n))
     else:
         raise ValueError(f"cannot predict route {route!r}; routes are {PLANNED_ROUTES}")
-    return ms * policy.load_factor(inflight)
+    return ms
 
 
 @dataclass(frozen=True)
@@ -228,34 +214,37 @@ class AutoPlan:
     route         "heavy" | "cascade" | "light" (settle_auto may turn cascade into light)
     m             candidates the heavy tier re-scores if the route is cascade
     budget_ms     the request's latency budget
-    load_factor   max(1, inflight / parallelism) at planning time
-    predicted_ms  predicted latency of each route, load included (for metrics/debug)
+    wait_ms       how long the request has likely queued already (model_repository/load.py)
+    predicted_ms  predicted scoring latency of each route (for metrics/debug)
     """
 
     route: str
     m: int
     budget_ms: float
-    load_factor: float
+    wait_ms: float
     predicted_ms: dict[str, float] = field(default_factory=dict)
 
 
-def plan_auto(cost: CostModel, n: int, k: int, budget_ms: float, inflight: int, policy: RoutePolicy) -> AutoPlan:
-    """Choose the best route predicted to fit ``budget_ms``, before any scoring.
+def plan_auto(cost: CostModel, n: int, k: int, budget_ms: float, wait_ms: float, policy: RoutePolicy) -> AutoPlan:
+    """Choose the best route predicted to fit what is left of ``budget_ms``, before any scoring.
 
     heavy if heavy(N) fits; else cascade if light(N) + heavy(M) fits; else light,
     which is the fallback even when it does not fit either (some answer beats none).
-    "Fits" means predicted_ms * safety_factor <= budget_ms.
+    "Fits" means wait_ms + predicted_ms * safety_factor <= budget_ms: ``wait_ms`` is the
+    time the request has likely spent queued before the ranker (0 when load-unaware).
     """
     if n < 1 or k < 1:
         raise ValueError(f"n and k must be >= 1, got n={n}, k={k}")
+    if not (math.isfinite(wait_ms) and wait_ms >= 0):
+        raise ValueError(f"wait_ms must be finite and >= 0, got {wait_ms}")
     m = policy.cascade_size(n, k)
-    predicted = {r: predict_route_ms(cost, r, n, m, inflight, policy) for r in PLANNED_ROUTES}
+    predicted = {r: predict_route_ms(cost, r, n, m) for r in PLANNED_ROUTES}
     route = "light"
     for candidate in ("heavy", "cascade"):
-        if predicted[candidate] * policy.safety_factor <= budget_ms:
+        if wait_ms + predicted[candidate] * policy.safety_factor <= budget_ms:
             route = candidate
             break
-    return AutoPlan(route, m, budget_ms, policy.load_factor(inflight), predicted)
+    return AutoPlan(route, m, budget_ms, wait_ms, predicted)
 
 
 def settle_auto(plan: AutoPlan, light_scores: np.ndarray, k: int, policy: RoutePolicy) -> str:

@@ -2,7 +2,7 @@
 
     python -m perf.soak                                   # 10,000 requests at concurrency 32 (make soak)
     python -m perf.soak --requests 600 --json out.json    # the short version tests/test_overload.py runs
-    python -m perf.soak --load-unaware                    # auto without load awareness (parallelism huge)
+    python -m perf.soak --load-unaware                    # auto without load awareness (load_window_ms 0)
 
 It starts the bundled Triton server on a copy of the model repository (or uses
 ``--url``), sends a pool of world requests cycling light / heavy / cascade / auto
@@ -15,7 +15,7 @@ and reports:
 - resident memory (VmRSS) of the server and of each Python stub, after a warm-up and
   at the end, and its growth;
 - the auto requests' budget-miss rate (client-side latency > ``--budget-ms``) and the
-  routes auto took. ``--load-unaware`` sets the ranker's ``parallelism`` to 10**9, so
+  routes auto took. ``--load-unaware`` sets the ranker's ``load_window_ms`` to 0, so
   auto plans as if the server were idle: compare both runs' miss rates.
 """
 
@@ -258,15 +258,17 @@ def run_soak(
     )
 
 
-def repository_copy(src: Path, dst: Path, parallelism: int | None) -> Path:
-    """A copy of ``src`` (artifacts included); the ranker's ``parallelism`` replaced if given."""
+def repository_copy(src: Path, dst: Path, load_window_ms: float | None) -> Path:
+    """A copy of ``src`` (artifacts included); the ranker's ``load_window_ms`` replaced in
+    both profiles if given (0 = auto plans as if nothing queued)."""
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    if parallelism is not None:
-        cfg = dst / "ranker" / "config.pbtxt"
+    if load_window_ms is None:
+        return dst
+    for cfg in (dst / "ranker" / "config.pbtxt", dst / "ranker" / "configs" / "cpu.pbtxt"):
         text = cfg.read_text()
-        new = re.sub(r'(key: "parallelism"\s*value: \{ string_value: )"\d+"', rf'\1"{parallelism}"', text)
+        new = re.sub(r'(key: "load_window_ms"\s*value: \{ string_value: )"[\d.]+"', rf'\1"{load_window_ms:g}"', text)
         if new == text:
-            raise ValueError(f"no parallelism parameter found in {cfg}")
+            raise ValueError(f"no load_window_ms parameter found in {cfg}")
         cfg.write_text(new)
     return dst
 
@@ -283,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--budget-ms", type=float, default=50.0, help="latency_budget_ms of the auto requests")
-    parser.add_argument("--load-unaware", action="store_true", help="ranker parallelism 10**9: auto ignores load")
+    parser.add_argument("--load-unaware", action="store_true", help="ranker load_window_ms 0: auto ignores load")
     parser.add_argument("--routes", default=",".join(ROUTES), help="routes to cycle through (comma-separated)")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
@@ -295,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             url, pgid, metrics_url = args.url, None, None
         else:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="soak-")))
-            repo = repository_copy(args.model_repository, tmp / "repo", 10**9 if args.load_unaware else None)
+            repo = repository_copy(args.model_repository, tmp / "repo", 0 if args.load_unaware else None)
             server = stack.enter_context(run_server(ServerConfig(model_repository=repo, log_path=tmp / "server.log")))
             url, pgid, metrics_url = server.grpc_url, server.process.pid, server.metrics_url
         report = run_soak(

@@ -19,7 +19,7 @@ from model_repository.routing import (
 #   light 11 ms, heavy 105 ms, cascade 11 + 17.8 = 28.8 ms.
 PRIORS = {"light": TierCost(1.0, 0.01), "heavy": TierCost(5.0, 0.1)}
 N, K = 1000, 10
-POLICY = RoutePolicy(cascade_m=128, confidence_threshold=0.9, default_budget_ms=100.0, parallelism=2, safety_factor=1.0)
+POLICY = RoutePolicy(cascade_m=128, confidence_threshold=0.9, default_budget_ms=100.0, safety_factor=1.0)
 
 
 def _cost(**kwargs) -> CostModel:
@@ -95,14 +95,6 @@ def test_cost_model_constrained_fits(observations, expected):
     assert got.per_candidate_ms == pytest.approx(expected.per_candidate_ms, abs=1e-12)
 
 
-def test_observe_divides_out_the_load_factor():
-    cost = _cost()
-    for n in [100, 200, 300, 400] * 2:
-        cost.observe("light", n, 3.0 * (2.0 + 0.01 * n), load_factor=3.0)
-    assert cost.cost("light").fixed_ms == pytest.approx(2.0)
-    assert cost.cost("light").per_candidate_ms == pytest.approx(0.01)
-
-
 def test_snapshot():
     cost = _cost(min_observations=2)
     cost.observe("light", 10, 1.2)
@@ -125,9 +117,8 @@ def test_snapshot():
         (lambda c: c.observe("light", 0, 1.0), "n must be >= 1"),
         (lambda c: c.observe("light", 10, float("nan")), "elapsed_ms must be finite"),
         (lambda c: c.observe("light", 10, -1.0), "elapsed_ms must be finite and >= 0"),
-        (lambda c: c.observe("light", 10, 1.0, load_factor=0.5), "load_factor must be"),
     ],
-    ids=["observe-tier", "predict-tier", "n-zero", "elapsed-nan", "elapsed-negative", "load-below-one"],
+    ids=["observe-tier", "predict-tier", "n-zero", "elapsed-nan", "elapsed-negative"],
 )
 def test_cost_model_rejects(call, match):
     with pytest.raises(ValueError, match=match):
@@ -166,10 +157,9 @@ def test_tier_cost_rejects(fixed, per_candidate):
         ({"cascade_m": 0}, "cascade_m"),
         ({"confidence_threshold": 1.5}, "confidence_threshold"),
         ({"default_budget_ms": 0.0}, "default_budget_ms"),
-        ({"parallelism": 0}, "parallelism"),
         ({"safety_factor": 0.5}, "safety_factor"),
     ],
-    ids=["cascade-m", "threshold", "budget", "parallelism", "safety"],
+    ids=["cascade-m", "threshold", "budget", "safety"],
 )
 def test_route_policy_rejects(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -177,25 +167,22 @@ def test_route_policy_rejects(kwargs, match):
 
 
 @pytest.mark.parametrize(
-    "route, n, m, inflight, expected",
+    "route, n, m, expected",
     [
-        ("light", N, 128, 1, 11.0),
-        ("heavy", N, 128, 1, 105.0),
-        ("cascade", N, 128, 1, 28.8),
-        ("cascade", 64, 128, 1, 1.64 + 11.4),  # m clipped to n
-        ("heavy", N, 128, 2, 105.0),  # 2 in flight on parallelism 2: no queueing
-        ("heavy", N, 128, 6, 315.0),  # 6 on 2: three times slower
-        ("light", N, 128, 0, 11.0),  # idle never predicts faster than unloaded
+        ("light", N, 128, 11.0),
+        ("heavy", N, 128, 105.0),
+        ("cascade", N, 128, 28.8),
+        ("cascade", 64, 128, 1.64 + 11.4),  # m clipped to n
     ],
-    ids=["light", "heavy", "cascade", "cascade-m-above-n", "load-at-parallelism", "load-3x", "idle"],
+    ids=["light", "heavy", "cascade", "cascade-m-above-n"],
 )
-def test_predict_route_ms(route, n, m, inflight, expected):
-    assert predict_route_ms(_cost(), route, n, m, inflight, POLICY) == pytest.approx(expected)
+def test_predict_route_ms(route, n, m, expected):
+    assert predict_route_ms(_cost(), route, n, m) == pytest.approx(expected)
 
 
 def test_predict_route_ms_rejects_auto():
     with pytest.raises(ValueError, match="cannot predict route 'auto'"):
-        predict_route_ms(_cost(), "auto", N, 128, 1, POLICY)
+        predict_route_ms(_cost(), "auto", N, 128)
 
 
 # --- plan_auto / settle_auto --------------------------------------------------------------------
@@ -207,36 +194,41 @@ def test_predict_route_ms_rejects_auto():
     ids=["ample", "heavy-exact", "just-below-heavy", "cascade-exact", "just-below-cascade", "nothing-fits"],
 )
 def test_plan_auto_as_budget_shrinks(budget_ms, expected):
-    plan = plan_auto(_cost(), N, K, budget_ms, inflight=1, policy=POLICY)
+    plan = plan_auto(_cost(), N, K, budget_ms, wait_ms=0.0, policy=POLICY)
     assert plan.route == expected
-    assert plan.m == 128 and plan.budget_ms == budget_ms and plan.load_factor == 1.0
+    assert plan.m == 128 and plan.budget_ms == budget_ms and plan.wait_ms == 0.0
     assert plan.predicted_ms == pytest.approx({"light": 11.0, "heavy": 105.0, "cascade": 28.8})
 
 
 @pytest.mark.parametrize(
-    "inflight, expected",
-    [(1, "heavy"), (2, "heavy"), (3, "cascade"), (9, "cascade"), (10, "light"), (100, "light")],
-    ids=["alone", "at-parallelism", "queueing", "cascade-limit", "overloaded", "swamped"],
+    "wait_ms, expected",
+    [(0.0, "heavy"), (25.0, "heavy"), (25.1, "cascade"), (101.2, "cascade"), (101.3, "light"), (1e4, "light")],
+    ids=["idle", "heavy-limit", "queueing", "cascade-limit", "overloaded", "swamped"],
 )
-def test_plan_auto_as_load_grows(inflight, expected):
-    # budget 130 ms on parallelism 2: heavy fits while 105 * inflight / 2 <= 130 (inflight <= 2),
-    # cascade while 28.8 * inflight / 2 <= 130 (inflight 9: 129.6 fits; 10: 144 does not).
-    plan = plan_auto(_cost(), N, K, 130.0, inflight=inflight, policy=POLICY)
+def test_plan_auto_as_load_grows(wait_ms, expected):
+    # budget 130 ms: heavy fits while wait + 105 <= 130 (wait <= 25), cascade while wait + 28.8 <= 130.
+    plan = plan_auto(_cost(), N, K, 130.0, wait_ms=wait_ms, policy=POLICY)
     assert plan.route == expected
-    assert plan.load_factor == max(1.0, inflight / 2)
+    assert plan.wait_ms == wait_ms
+
+
+@pytest.mark.parametrize("wait_ms", [-1.0, float("nan"), float("inf")])
+def test_plan_auto_rejects_bad_wait(wait_ms):
+    with pytest.raises(ValueError, match="wait_ms"):
+        plan_auto(_cost(), N, K, 130.0, wait_ms=wait_ms, policy=POLICY)
 
 
 def test_plan_auto_safety_factor_shrinks_what_fits():
-    policy = RoutePolicy(cascade_m=128, parallelism=2, safety_factor=1.5)
-    assert plan_auto(_cost(), N, K, 150.0, inflight=1, policy=policy).route == "cascade"  # 105 * 1.5 > 150
-    assert plan_auto(_cost(), N, K, 158.0, inflight=1, policy=policy).route == "heavy"
+    policy = RoutePolicy(cascade_m=128, safety_factor=1.5)
+    assert plan_auto(_cost(), N, K, 150.0, wait_ms=0.0, policy=policy).route == "cascade"  # 105 * 1.5 > 150
+    assert plan_auto(_cost(), N, K, 158.0, wait_ms=0.0, policy=policy).route == "heavy"
 
 
 @pytest.mark.parametrize(
     "n, k, expected_m", [(1000, 10, 128), (1000, 300, 300), (50, 10, 50)], ids=["cascade-m", "k-above-m", "n-below-m"]
 )
 def test_plan_auto_cascade_size(n, k, expected_m):
-    assert plan_auto(_cost(), n, k, 100.0, inflight=1, policy=POLICY).m == expected_m
+    assert plan_auto(_cost(), n, k, 100.0, wait_ms=0.0, policy=POLICY).m == expected_m
 
 
 def test_plan_auto_follows_the_learned_costs():

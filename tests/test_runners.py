@@ -593,7 +593,7 @@ def test_ranker_scorer_failure_is_internal_for_that_request(ranker_env, tiny_rep
     assert responses[1].has_error()
     assert responses[1].error().code() == TritonError.INTERNAL
     assert "scorer_heavy" in responses[1].error().message()
-    assert model.state.inflight == 0
+    assert model.state.load is not None and model.state.load.service_ms > 0  # both requests timed
 
 
 def test_ranker_metrics(ranker_env, tiny_repo):
@@ -613,6 +613,7 @@ def test_ranker_metrics(ranker_env, tiny_repo):
     assert families["ranker_candidates_scored_total"].value(tier="heavy") == CASCADE_M
     assert families["ranker_latency_ms_total"].value(route="light") > 0
     assert families["ranker_latency_ms_total"].value(route="cascade") > 0
-    assert families["ranker_inflight_requests"].value() == 0
+    assert 0 < families["ranker_utilization"].value() <= 1  # the instance was just busy
+    assert families["ranker_expected_wait_ms"].value() >= 0
     assert families["ranker_budget_misses_total"].value(route="light") == 1
     assert families["ranker_budget_misses_total"].value(route="cascade") == 0

@@ -89,9 +89,11 @@ def test_servers_run_the_two_paths(torch_server, triton_server, torch_client, gr
         assert cfg.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == force_cpu
         assert [g.kind for g in cfg.instance_group] == [mc.ModelInstanceGroup.KIND_CPU] * len(cfg.instance_group)
     for server, loaded in ((torch_server, True), (triton_server, False)):
-        (pid,) = stub_pids(server, "ranker")
-        maps = Path(f"/proc/{pid}/maps").read_text()
-        assert ("libtorch_cpu.so" in maps) == loaded, f"ranker stub of {server.config.config_name}: torch {loaded}"
+        pids = stub_pids(server, "ranker")
+        assert len(pids) == 2  # one stub per ranker instance
+        for pid in pids:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+            assert ("libtorch_cpu.so" in maps) == loaded, f"ranker stub of {server.config.config_name}: torch {loaded}"
 
 
 @pytest.mark.parametrize("route", ["light", "heavy", "cascade"])

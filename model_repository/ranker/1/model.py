@@ -21,8 +21,9 @@ import triton_python_backend_utils as pb_utils
 
 from export.signature import RANKER, RequestError
 from model_repository import tensors
+from model_repository.load import LoadMeter
 from model_repository.metric_buffer import MetricBuffer
-from model_repository.pipeline import RankerState, ScorerError, SharedState, admit, heavy_deadline_ms, rank
+from model_repository.pipeline import RankerState, ScorerError, SharedState, heavy_deadline_ms, rank
 from model_repository.ranking import parse_parameters, parse_top_k
 from model_repository.routing import CostModel, RoutePolicy, TierCost
 from model_repository.tensors import Array
@@ -39,13 +40,12 @@ class TritonPythonModel:
             cascade_m=int(p["cascade_m"]),
             confidence_threshold=float(p["confidence_threshold"]),
             default_budget_ms=float(p["default_budget_ms"]),
-            parallelism=int(p["parallelism"]),
             safety_factor=float(p["safety_factor"]),
         )
         priors = {t: TierCost(float(p[f"{t}_fixed_ms"]), float(p[f"{t}_per_candidate_ms"])) for t in ("light", "heavy")}
-        self.state = RankerState(
-            policy, CostModel(priors), micro_batch=int(p["micro_batch"]), max_inflight=int(p.get("max_inflight", "0"))
-        )
+        window_ms = float(p.get("load_window_ms", "1000"))  # 0 = load-unaware auto
+        load = LoadMeter(window_ms / 1e3) if window_ms > 0 else None
+        self.state = RankerState(policy, CostModel(priors), micro_batch=int(p["micro_batch"]), load=load)
         self.default_top_k = int(p["default_top_k"])
         self.library = tensors.load_library(p.get("tensor_library", "numpy"))
         self.heavy_timeout_ms = float(p.get("heavy_timeout_ms", "2000"))
@@ -69,11 +69,15 @@ class TritonPythonModel:
         self.m_fallbacks = pb_utils.MetricFamily(
             "ranker_fallbacks_total", "Cascade / auto requests answered by light as heavy failed or was late", counter
         )
-        self.m_rejected = pb_utils.MetricFamily(
-            "ranker_rejected_total", "Requests refused as max_inflight were being ranked", counter
+        # Keep the families referenced: a Metric outlives its family only in error (2.51 raises).
+        self.m_utilization = pb_utils.MetricFamily(
+            "ranker_utilization", "Busy fraction of this ranker instance over its load window", gauge
         )
-        self.m_inflight = pb_utils.MetricFamily("ranker_inflight_requests", "Requests in the ranker now", gauge)
-        self.g_inflight = self.m_inflight.Metric(labels={})
+        self.m_wait = pb_utils.MetricFamily(
+            "ranker_expected_wait_ms", "Likely queueing before the ranker now (auto's load signal)", gauge
+        )
+        self.g_utilization = self.m_utilization.Metric(labels={})
+        self.g_wait = self.m_wait.Metric(labels={})
         self._by_label: dict[tuple[str, str], object] = {}
 
     def _metric(self, family: object, label: str, value: str) -> object:
@@ -85,16 +89,14 @@ class TritonPythonModel:
     def _count(self, family: object, label: str, value: str, amount: float = 1.0) -> None:
         self.metrics.increment((family, label, value), amount)
 
-    def _set_inflight(self) -> None:
-        self.metrics.set("inflight", self.state.inflight)
-
     def flush_metrics(self) -> None:
         """Send the buffered metric updates to Triton (the flusher task calls this every interval)."""
         pending = self.metrics.drain()
         for (family, label, value), amount in pending.counters.items():
             self._metric(family, label, value).increment(amount)
-        if "inflight" in pending.gauges:
-            self.g_inflight.set(pending.gauges["inflight"])
+        if self.state is not None and self.state.load is not None:
+            self.g_utilization.set(self.state.load.utilization())
+            self.g_wait.set(self.state.load.expected_wait_ms())
 
     async def _flush_loop(self) -> None:
         while True:
@@ -137,15 +139,7 @@ class TritonPythonModel:
             return pb_utils.InferenceResponse(
                 error=pb_utils.TritonError(f"ranker: {exc}", pb_utils.TritonError.INVALID_ARG)
             )
-        refused = admit(self.state)
-        if refused is not None:
-            self._count(self.m_rejected, "reason", "max_inflight")
-            return pb_utils.InferenceResponse(
-                error=pb_utils.TritonError(f"ranker: {refused}", pb_utils.TritonError.UNAVAILABLE)
-            )
         shared = SharedState.from_tower(arrays["user_state"], arrays["history_kv"])
-        self.state.inflight += 1
-        self._set_inflight()
         try:
             result = await rank(
                 self._score,
@@ -163,8 +157,8 @@ class TritonPythonModel:
                 error=pb_utils.TritonError(f"ranker: {exc}", pb_utils.TritonError.INTERNAL)
             )
         finally:
-            self.state.inflight -= 1
-            self._set_inflight()
+            if self.state.load is not None:
+                self.state.load.record(start, time.perf_counter())
         elapsed_ms = (time.perf_counter() - start) * 1e3
         self._count(self.m_requests, "route", result.route)
         self._count(self.m_latency, "route", result.route, elapsed_ms)
