@@ -7,6 +7,8 @@ come from the ``nvidia-pytriton`` wheel (server 2.51.0). Run it with::
         --http-port 8000 --grpc-port 8001 --metrics-port 8002
 
 It waits until the server is ready, logs the URLs and stops it on Ctrl-C / SIGTERM.
+With ``--supervise`` it also probes every model and restarts the server (same ports)
+when a Python stub dies or the server exits (client/supervisor.py).
 As a library, ``with run_server(ServerConfig(model_repository=...)) as server:``
 starts it on free ports (port 0) and stops it, and its stubs, on exit.
 """
@@ -26,7 +28,7 @@ import sys
 import sysconfig
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -185,8 +187,55 @@ def _is_ready(url: str) -> bool:
         return False
 
 
+STUB_NAME = "triton_python_backend_stub"
+SHM_DIR = Path("/dev/shm")
+
+
+@dataclass(frozen=True)
+class StubProcess:
+    """One Python backend stub of a server, from its command line (2.51: model.py path,
+    shared-memory region, sizes, parent pid, backend dir, ..., instance name)."""
+
+    pid: int
+    model_path: str  # <repository>/<model>/<version>/model.py
+    shm_region: str  # name under /dev/shm
+    instance: str  # e.g. "scorer_light_0_1"
+
+    @property
+    def model(self) -> str:
+        return Path(self.model_path).parents[1].name
+
+
+def stub_processes(server_pid: int) -> list[StubProcess]:
+    """The Python backend stubs in the server's process group (its pid is the group id:
+    run_server starts it in a new session). Linux only (/proc)."""
+    stubs = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) != server_pid:
+                continue
+            argv = [a.decode(errors="replace") for a in (entry / "cmdline").read_bytes().split(b"\0")]
+        except (OSError, ProcessLookupError):
+            continue
+        if argv and argv[0].endswith(STUB_NAME) and len(argv) > 8:
+            stubs.append(StubProcess(int(entry.name), argv[1], argv[2], argv[8]))
+    return sorted(stubs, key=lambda s: s.instance)
+
+
+def _remove_shm_regions(regions: Iterable[str]) -> None:
+    # A stub or server that is killed leaves its 1 MiB+ shared-memory region in /dev/shm (tmpfs,
+    # so RAM); the names are per-stub UUIDs, safe to remove once the whole group is dead.
+    for name in regions:
+        with suppress(OSError):
+            (SHM_DIR / name).unlink()
+
+
 def _stop(proc: subprocess.Popen, timeout_s: float) -> None:
-    """SIGINT the server, wait, SIGKILL it if needed, then kill what is left of its group (stubs)."""
+    """SIGINT the server, wait, SIGKILL it if needed, then kill what is left of its group (stubs)
+    and remove the stubs' shared-memory regions that a kill leaves behind."""
+    regions = [s.shm_region for s in stub_processes(proc.pid)] if proc.poll() is None else []
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
@@ -197,20 +246,39 @@ def _stop(proc: subprocess.Popen, timeout_s: float) -> None:
             proc.wait()
     with suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # the session's group id is the server's pid
+    _remove_shm_regions(regions)
 
 
-@contextmanager
-def run_server(cfg: ServerConfig) -> Iterator[RunningServer]:
-    """Start tritonserver for ``cfg``, yield once it is ready, stop it on exit.
+def kill_server(server: RunningServer, known_stubs: list[StubProcess] = ()) -> None:
+    """SIGKILL tritonserver and its stubs at once, wait for the server, remove the stubs'
+    shared memory (of ``known_stubs`` too: a dead stub's command line is gone). For a
+    restart: a server with a dead stub ignores SIGINT for its whole exit timeout (30 s),
+    and anything in flight fails either way."""
+    regions = {s.shm_region for s in [*stub_processes(server.process.pid), *known_stubs]}
+    with suppress(ProcessLookupError):
+        os.killpg(server.process.pid, signal.SIGKILL)
+    server.process.wait()
+    _remove_shm_regions(regions)
 
-    Raises RuntimeError with the tail of the server log if it exits while starting,
-    TimeoutError if it is not ready within ``cfg.startup_timeout_s``."""
-    cfg = replace(
+
+def resolve_ports(cfg: ServerConfig) -> ServerConfig:
+    """``cfg`` with every port 0 replaced by a port free now."""
+    return replace(
         cfg,
         http_port=cfg.http_port or free_port(),
         grpc_port=cfg.grpc_port or free_port(),
         metrics_port=cfg.metrics_port or free_port(),
     )
+
+
+def start_server(cfg: ServerConfig, append_log: bool = False) -> RunningServer:
+    """Start tritonserver for ``cfg`` (ports 0 resolved first) and return once it is ready.
+    The caller stops it (``stop_server`` / ``kill_server``); ``run_server`` does both.
+
+    Raises RuntimeError with the tail of the server log if it exits while starting,
+    TimeoutError if it is not ready within ``cfg.startup_timeout_s``; the process is
+    stopped in both cases. ``append_log`` keeps an earlier run's log (a restart)."""
+    cfg = resolve_ports(cfg)
     log_path = cfg.log_path or REPO_ROOT / "build" / "logs" / f"tritonserver-{cfg.http_port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     # Triton takes every folder of the repository for a model (and exits on the failure):
@@ -218,7 +286,7 @@ def run_server(cfg: ServerConfig) -> Iterator[RunningServer]:
     shutil.rmtree(Path(cfg.model_repository) / "__pycache__", ignore_errors=True)
     cmd = server_command(cfg, build_backend_dir())
     log.debug("starting %s", " ".join(cmd))
-    with open(log_path, "wb") as log_file:
+    with open(log_path, "ab" if append_log else "wb") as log_file:
         proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -242,11 +310,27 @@ def run_server(cfg: ServerConfig) -> Iterator[RunningServer]:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"tritonserver not ready after {cfg.startup_timeout_s:.0f} s; {_log_tail(log_path)}")
             time.sleep(0.2)
-        log.info("tritonserver ready (pid %d, log %s)", proc.pid, log_path)
+    except BaseException:  # KeyboardInterrupt included: never leave a half-started server behind
+        stop_server(server)
+        raise
+    log.info("tritonserver ready (pid %d, log %s)", proc.pid, log_path)
+    return server
+
+
+def stop_server(server: RunningServer) -> None:
+    """Stop a started server and its stubs (SIGINT, then SIGKILL after ``stop_timeout_s``)."""
+    _stop(server.process, server.config.stop_timeout_s)
+    log.info("tritonserver stopped (exit code %s)", server.process.returncode)
+
+
+@contextmanager
+def run_server(cfg: ServerConfig) -> Iterator[RunningServer]:
+    """Start tritonserver for ``cfg``, yield once it is ready, stop it on exit (see start_server)."""
+    server = start_server(cfg)
+    try:
         yield server
     finally:
-        _stop(proc, cfg.stop_timeout_s)
-        log.info("tritonserver stopped (exit code %s)", proc.returncode)
+        stop_server(server)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,6 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument("--startup-timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--supervise",
+        action="store_true",
+        help="probe every model and restart the server when a stub dies or it exits (client/supervisor.py)",
+    )
+    parser.add_argument("--probe-interval", type=float, default=5.0, help="seconds between probes (--supervise)")
+    parser.add_argument("--probe-timeout", type=float, default=10.0, help="seconds one probe may take (--supervise)")
     parser.add_argument(
         "--restricted-api-key",
         default=os.environ.get("TRITON_ADMIN_KEY"),
@@ -285,6 +376,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     for signum in (signal.SIGINT, signal.SIGTERM):  # also when started with SIGINT ignored (`cmd &`)
         signal.signal(signum, signal.default_int_handler)
+    if args.supervise:
+        # Imported here: the supervisor is built on this module.
+        from client.supervisor import SupervisorConfig, supervise
+
+        probes = SupervisorConfig(probe_interval_s=args.probe_interval, probe_timeout_s=args.probe_timeout)
+        try:
+            return supervise(cfg, probes)
+        except KeyboardInterrupt:
+            return 0
     try:
         with run_server(cfg) as srv:
             log.info("HTTP http://%s gRPC %s metrics %s; Ctrl-C stops", srv.http_url, srv.grpc_url, srv.metrics_url)
