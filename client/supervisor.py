@@ -11,9 +11,11 @@ server, on the same ports. Every ``probe_interval_s`` the watchdog
    free instance of a model);
 2. sends every model of the repository a tiny valid request (the ensemble and the ranker
    on route ``light``, each scorer directly, since a cascade hides a dead heavy scorer
-   behind its light fallback). An answer naming a dead stub restarts at once; timeouts
-   or refused connections restart after ``unresponsive_rounds`` rounds in a row; other
-   errors are logged (a restart would not fix them).
+   behind its light fallback). An answer naming a dead stub restarts at once; probes that
+   time out, or find the server not answering even its liveness check, restart after
+   ``unresponsive_rounds`` rounds in a row. A busy server (UNAVAILABLE from a full queue,
+   while live) and other errors are logged only: a restart would not fix them, and would
+   make an overload worse.
 
 Probes are real requests: they show in the models' statistics and ``ranker_*`` metrics.
 
@@ -27,10 +29,11 @@ a thread; ``sup.server`` is the current RunningServer, ``sup.restarts`` what it 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +59,8 @@ from model_repository.pipeline import SharedState, scorer_inputs
 log = logging.getLogger(__name__)
 
 DEAD_STUB_MESSAGE = "is not healthy"  # 2.51: "Stub process '<instance>' is not healthy."
-# gRPC codes of a server that does not answer (as opposed to one that answers with an error).
-UNRESPONSIVE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
+TIMED_OUT = "StatusCode.DEADLINE_EXCEEDED"  # the probe's client_timeout: every queue here is shorter
+UNAVAILABLE = "StatusCode.UNAVAILABLE"  # a full queue, or no server at all (connection refused)
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class SupervisorConfig:
     unresponsive_rounds: int = 3  # rounds of timeouts / refused connections before a restart
     max_restarts: int = 5  # within restart_window_s; past it the supervisor gives up (a crash loop)
     restart_window_s: float = 600.0
-    bind_retries: int = 5  # a restart on the same ports may race the old sockets' release
+    start_attempts: int = 5  # per restart: the ports may still be held for a moment, a start may fail
 
 
 @dataclass(frozen=True)
@@ -170,9 +173,30 @@ class Prober:
                 _infer(client, model, arrays, self.timeout_s, parameters)
             except InferenceServerException as e:
                 failures[model] = e
-                if str(e.status()) in UNRESPONSIVE:
+                if str(e.status()) == TIMED_OUT:
                     break  # the next models would wait out their timeouts too
         return failures
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one probe round says: restart now (a dead stub), or a round without answers."""
+
+    dead_stub: str | None = None
+    unanswered: str | None = None
+
+
+def judge(failures: dict[str, InferenceServerException], server_live: Callable[[], bool]) -> Verdict:
+    """Sort a round's failures. ``server_live`` is asked only when a probe got UNAVAILABLE:
+    from a live server that is a full queue (busy, not broken), else nobody answered."""
+    stubs = [f"{m}: {e.message()}" for m, e in failures.items() if DEAD_STUB_MESSAGE in (e.message() or "")]
+    if stubs:
+        return Verdict(dead_stub="; ".join(stubs))
+    timed_out = [f"{m}: {e.message()}" for m, e in failures.items() if str(e.status()) == TIMED_OUT]
+    refused = [f"{m}: {e.message()}" for m, e in failures.items() if str(e.status()) == UNAVAILABLE]
+    if timed_out or (refused and not server_live()):
+        return Verdict(unanswered=(timed_out + refused)[0])
+    return Verdict()
 
 
 def repository_models(repository: Path) -> list[str]:
@@ -180,12 +204,14 @@ def repository_models(repository: Path) -> list[str]:
     return [m for m in MODELS if (Path(repository) / m).is_dir()]
 
 
-def _dead(stub: StubProcess) -> bool:
+def _dead(stub: StubProcess, server_pid: int) -> bool:
     try:
         state = Path(f"/proc/{stub.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
+        group = os.getpgid(stub.pid)
+    except (OSError, ProcessLookupError):
         return True
-    return state in ("Z", "X")  # a dead stub stays a zombie until the server reaps it
+    # A dead stub stays a zombie until the server reaps it; after that its pid may be reused.
+    return state in ("Z", "X") or group != server_pid
 
 
 class Supervisor:
@@ -206,15 +232,8 @@ class Supervisor:
         return self._server
 
     def start(self) -> RunningServer:
-        for attempt in range(1, self.sup.bind_retries + 1):
-            try:
-                server = start_server(self.cfg, append_log=self._started)  # one log across restarts
-                break
-            except RuntimeError as e:  # exited while starting: on a restart, most likely a port still held
-                if attempt == self.sup.bind_retries or "exited" not in str(e):
-                    raise
-                log.warning("tritonserver exited while starting (attempt %d); retrying in 1 s", attempt)
-                time.sleep(1.0)
+        """Start the server (RuntimeError / TimeoutError as start_server) and note its stubs."""
+        server = start_server(self.cfg, append_log=self._started)  # one log across restarts
         self._server, self._started, self._unresponsive = server, True, 0
         self._stubs = stub_processes(server.process.pid)
         log.info("supervising pid %d: %d stubs, probing %s", server.process.pid, len(self._stubs), self.prober.models)
@@ -230,22 +249,27 @@ class Supervisor:
         server = self.server
         if server.process.poll() is not None:
             return f"tritonserver exited with code {server.process.returncode}"
-        dead = [s.instance for s in self._stubs if _dead(s)]
+        dead = [s.instance for s in self._stubs if _dead(s, server.process.pid)]
         if dead:
             return f"Python stub died: {', '.join(dead)}"
         with grpcclient.InferenceServerClient(server.grpc_url) as client:
             failures = self.prober.probe(client)
-        stubs = {m: e for m, e in failures.items() if DEAD_STUB_MESSAGE in e.message()}
-        if stubs:
-            return "; ".join(f"{m}: {e.message()}" for m, e in stubs.items())
-        silent = {m: e for m, e in failures.items() if str(e.status()) in UNRESPONSIVE}
-        for model, e in failures.items():
-            if model not in silent:
+
+            def live() -> bool:
+                try:
+                    return client.is_server_live(client_timeout=self.sup.probe_timeout_s)
+                except InferenceServerException:
+                    return False
+
+            verdict = judge(failures, live)
+        if verdict.dead_stub:
+            return verdict.dead_stub
+        if not verdict.unanswered:
+            for model, e in failures.items():
                 log.warning("probe of %s failed (not restarting for it): %s %s", model, e.status(), e.message())
-        self._unresponsive = self._unresponsive + 1 if silent else 0
+        self._unresponsive = self._unresponsive + 1 if verdict.unanswered else 0
         if self._unresponsive >= self.sup.unresponsive_rounds:
-            first = next(iter(silent.items()))
-            return f"no answer for {self._unresponsive} probe rounds ({first[0]}: {first[1].message()})"
+            return f"no answer for {self._unresponsive} probe rounds ({verdict.unanswered})"
         return None
 
     def restart(self, reason: str) -> Restart:
@@ -258,7 +282,15 @@ class Supervisor:
         log.warning("restarting tritonserver (pid %d): %s", self.server.process.pid, reason)
         kill_server(self.server, self._stubs)
         self._server = None
-        self.start()
+        for attempt in range(1, self.sup.start_attempts + 1):
+            try:
+                self.start()
+                break
+            except (RuntimeError, TimeoutError) as e:  # start_server stopped what it started
+                if attempt == self.sup.start_attempts:
+                    raise SupervisorGaveUp(f"tritonserver did not start in {attempt} attempts: {e}") from e
+                log.error("restart attempt %d failed, retrying in 1 s: %s", attempt, e)
+                time.sleep(1.0)
         restart = Restart(reason, detected, time.monotonic())
         self.restarts.append(restart)
         log.warning("tritonserver back after %.1f s (restart %d)", restart.downtime_s, len(self.restarts))

@@ -45,7 +45,7 @@ from client.local_server import (
     stub_processes,
 )
 from client.ranking_client import RankingRequest, RankingResult, infer
-from client.supervisor import Supervisor, SupervisorConfig, supervised_server
+from client.supervisor import Supervisor, SupervisorConfig, Verdict, judge, supervised_server
 from model_repository.pipeline import RankerState, ScorerError, SharedState, rank
 from model_repository.routing import CostModel, RoutePolicy, TierCost
 from perf.soak import repository_copy
@@ -310,6 +310,43 @@ def test_killed_stub_fails_fast_and_a_restart_recovers(fault_server, client, ran
 SUPERVISOR = SupervisorConfig(probe_interval_s=1.0)
 RECOVERY_S = 120.0  # a restart loads every model again: about 10 s on the 2-core CI machine
 HUGE = 2**61  # 8 bytes x 2**61 = 2**64: Triton 2.51's byte size of such an INT64 tensor wraps to 0
+
+
+def _error(status: str, message: str) -> InferenceServerException:
+    return InferenceServerException(message, status=f"StatusCode.{status}")
+
+
+@pytest.mark.parametrize(
+    "failures, live, verdict",
+    [
+        ({}, True, Verdict()),
+        ({"ranker": _error("INVALID_ARGUMENT", "ranker: input 'x'")}, True, Verdict()),
+        (
+            {"scorer_light": _error("INTERNAL", "Stub process 'scorer_light_0_1' is not healthy.")},
+            False,
+            Verdict(dead_stub="scorer_light: Stub process 'scorer_light_0_1' is not healthy."),
+        ),
+        (
+            {"user_tower": _error("DEADLINE_EXCEEDED", "Deadline Exceeded")},
+            True,
+            Verdict(None, "user_tower: Deadline Exceeded"),
+        ),
+        ({"ranker": _error("UNAVAILABLE", "Exceeds maximum queue size")}, True, Verdict()),
+        ({"ranker": _error("UNAVAILABLE", "failed to connect")}, False, Verdict(None, "ranker: failed to connect")),
+    ],
+    ids=["all-answered", "other-error", "dead-stub", "timed-out", "busy", "no-server"],
+)
+def test_supervisor_judges_a_probe_round(failures, live, verdict):
+    """Only a dead stub restarts at once; timeouts and a server that is not even live count as a
+    round without answers; a full queue on a live server and other errors restart nothing."""
+    asked = []
+
+    def server_live() -> bool:
+        asked.append(True)
+        return live
+
+    assert judge(failures, server_live) == verdict
+    assert bool(asked) == any(str(e.status()) == "StatusCode.UNAVAILABLE" for e in failures.values())
 
 
 @pytest.fixture(scope="module")
