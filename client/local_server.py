@@ -235,7 +235,7 @@ def _remove_shm_regions(regions: Iterable[str]) -> None:
 def _stop(proc: subprocess.Popen, timeout_s: float) -> None:
     """SIGINT the server, wait, SIGKILL it if needed, then kill what is left of its group (stubs)
     and remove the stubs' shared-memory regions that a kill leaves behind."""
-    regions = [s.shm_region for s in stub_processes(proc.pid)] if proc.poll() is None else []
+    regions = [s.shm_region for s in stub_processes(proc.pid)]  # stubs may outlive a killed server
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
