@@ -82,7 +82,6 @@ async def infer_many(
     if timeout_s is not None and timeout_s <= 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
     module = grpcclient if protocol == "grpc" else httpclient
-    parameters = request_parameters(route, latency_budget_ms) or None
     semaphore = asyncio.Semaphore(concurrency)
     if protocol == "grpc":
         client = grpcaio.InferenceServerClient(url)
@@ -92,6 +91,7 @@ async def infer_many(
 
     async def send(inputs: list) -> object:
         outputs = requested_outputs(module)
+        parameters = request_parameters(route, latency_budget_ms) or None  # stamped as it is sent
         if protocol == "grpc":
             call = client.infer(MODEL_NAME, inputs, outputs=outputs, parameters=parameters, client_timeout=timeout_s)
             return await call

@@ -12,6 +12,7 @@ reuse them with other inputs or other (asyncio) clients.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -77,11 +78,15 @@ def build_inputs(module: ModuleType, arrays: dict[str, np.ndarray], top_k: int |
 
 
 def request_parameters(route: str | None, latency_budget_ms: float | None) -> dict[str, object]:
+    """Request parameters. With a budget, the send time too (``sent_at_unix_ms``, now): the
+    server counts the budget from it, queueing before the ranker included. Build them just
+    before sending."""
     params: dict[str, object] = {}
     if route is not None:
         params["route"] = route
     if latency_budget_ms is not None:
         params["latency_budget_ms"] = float(latency_budget_ms)
+        params["sent_at_unix_ms"] = time.time() * 1e3
     return params
 
 

@@ -168,6 +168,7 @@ async def rank(
     budget_ms: float,
     start: float | None = None,
     deadline_ms: float | None = None,
+    waited_ms: float | None = None,
 ) -> RankResult:
     """Score one request on ``route`` (auto resolves to light / heavy / cascade) and
     return its top k. Cascade: light on all N, heavy on light's top M = cascade_size.
@@ -175,14 +176,20 @@ async def rank(
     Inside a cascade or an auto plan the heavy stage must answer within ``deadline_ms``
     (default ``budget_ms``), counted from ``start`` (time.perf_counter() when the request
     arrived; default now); if it fails or is late the light ranking is returned with
-    route "light"."""
+    route "light".
+
+    ``waited_ms``: how long the request was under way before ``start`` when the client
+    said so (ranking.SENT_AT_PARAM). It is spent budget: auto plans with it and the
+    heavy deadline comes that much sooner. Without it auto plans with the instance's
+    measured load (``RankerState.wait_ms``) and the deadline counts from ``start``."""
     start = time.perf_counter() if start is None else start
     deadline_ms = budget_ms if deadline_ms is None else deadline_ms
-    deadline = start + deadline_ms * 1e-3
+    deadline = start + (deadline_ms - (waited_ms or 0.0)) * 1e-3
     n = candidate_emb.shape[0]
     plan = None
     if route == "auto":
-        plan = plan_auto(state.cost, n, k, budget_ms, state.wait_ms(), state.policy)
+        wait = state.wait_ms() if waited_ms is None else waited_ms
+        plan = plan_auto(state.cost, n, k, budget_ms, wait, state.policy)
         route = plan.route
     result = RankResult(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32), route, plan)
     scores = None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,10 @@ __all__ = [  # top_k_indices and cascade_merge are re-exported: callers import t
 
 ROUTE_PARAM = "route"
 BUDGET_PARAM = "latency_budget_ms"
+# When the client sent the request (Unix ms): the budget then counts from there, so the time the
+# request queued before the ranker is spent budget. Clocks must agree to a few ms (one host, NTP).
+SENT_AT_PARAM = "sent_at_unix_ms"
+MAX_CLOCK_AHEAD_MS = 1_000.0  # a stamp further in the future is a broken clock, not skew
 assert {ROUTE_PARAM, BUDGET_PARAM} == set(REQUEST_PARAMETERS), "export.signature changed its request parameters"
 DEFAULT_ROUTE = "auto"
 
@@ -52,14 +57,23 @@ class RequestOptions:
     route: str
     latency_budget_ms: float
     budget_given: bool = False  # the request sent latency_budget_ms (else it is the default)
+    sent_at_unix_ms: float | None = None  # SENT_AT_PARAM when the client stamped the request
+
+    def waited_ms(self, now_unix_ms: float) -> float | None:
+        """Time since the client sent the request (>= 0; small clock skew reads as 0), or None."""
+        return None if self.sent_at_unix_ms is None else max(0.0, now_unix_ms - self.sent_at_unix_ms)
 
 
-def parse_parameters(raw: str | dict | None, default_budget_ms: float) -> RequestOptions:
+def parse_parameters(
+    raw: str | dict | None, default_budget_ms: float, now_unix_ms: float | None = None
+) -> RequestOptions:
     """Validate the request parameters (``request.parameters()`` is a JSON string).
 
     ``route`` must be one of ROUTES (default "auto"). ``latency_budget_ms`` may be
     a JSON number or a numeric string (Triton clients send strings or ints more
     easily than doubles); it must be finite and > 0, default ``default_budget_ms``.
+    ``sent_at_unix_ms`` (optional, same forms) must be finite, > 0 and not more than
+    MAX_CLOCK_AHEAD_MS ahead of ``now_unix_ms`` (default: the clock now).
     Unknown parameters are ignored: clients and the ensemble may add their own.
     """
     if not (math.isfinite(default_budget_ms) and default_budget_ms > 0):
@@ -68,8 +82,16 @@ def parse_parameters(raw: str | dict | None, default_budget_ms: float) -> Reques
     route = params.get(ROUTE_PARAM, DEFAULT_ROUTE)
     if not isinstance(route, str) or route not in ROUTES:
         raise RequestError(f"parameter '{ROUTE_PARAM}' must be one of {', '.join(ROUTES)}; got {route!r}")
-    budget = params.get(BUDGET_PARAM, default_budget_ms)
-    return RequestOptions(route=route, latency_budget_ms=_parse_budget(budget), budget_given=BUDGET_PARAM in params)
+    budget = _parse_positive(BUDGET_PARAM, params.get(BUDGET_PARAM, default_budget_ms))
+    sent_at = None
+    if SENT_AT_PARAM in params:
+        sent_at = _parse_positive(SENT_AT_PARAM, params[SENT_AT_PARAM])
+        now = time.time() * 1e3 if now_unix_ms is None else now_unix_ms
+        if sent_at > now + MAX_CLOCK_AHEAD_MS:
+            raise RequestError(
+                f"parameter '{SENT_AT_PARAM}' is {sent_at - now:.0f} ms in the future; the client's clock is off"
+            )
+    return RequestOptions(route, budget, budget_given=BUDGET_PARAM in params, sent_at_unix_ms=sent_at)
 
 
 def _as_dict(raw: str | dict | None) -> dict[str, Any]:
@@ -87,21 +109,21 @@ def _as_dict(raw: str | dict | None) -> dict[str, Any]:
     return raw
 
 
-def _parse_budget(value: Any) -> float:
+def _parse_positive(name: str, value: Any) -> float:
     # bool is an int subclass: `true` must not become a 1 ms budget.
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise RequestError(f"parameter '{BUDGET_PARAM}' must be a number, got {type(value).__name__} {value!r}")
+        raise RequestError(f"parameter '{name}' must be a number, got {type(value).__name__} {value!r}")
     try:
-        budget = float(value)
+        number = float(value)
     except ValueError:
-        raise RequestError(f"parameter '{BUDGET_PARAM}' must be a number, got {value!r}") from None
+        raise RequestError(f"parameter '{name}' must be a number, got {value!r}") from None
     except OverflowError:  # int too large for a float
-        budget = math.inf
-    if not math.isfinite(budget):
-        raise RequestError(f"parameter '{BUDGET_PARAM}' must be finite, got {value!r}")
-    if budget <= 0:
-        raise RequestError(f"parameter '{BUDGET_PARAM}' must be > 0, got {value!r}")
-    return budget
+        number = math.inf
+    if not math.isfinite(number):
+        raise RequestError(f"parameter '{name}' must be finite, got {value!r}")
+    if number <= 0:
+        raise RequestError(f"parameter '{name}' must be > 0, got {value!r}")
+    return number
 
 
 def parse_top_k(top_k: Array | None, n: int, default_k: int) -> int:

@@ -15,8 +15,10 @@ and reports:
 - resident memory (VmRSS) of the server and of each Python stub, after a warm-up and
   at the end, and its growth;
 - the auto requests' budget-miss rate (client-side latency > ``--budget-ms``) and the
-  routes auto took. ``--load-unaware`` sets the ranker's ``load_window_ms`` to 0, so
-  auto plans as if the server were idle: compare both runs' miss rates.
+  routes auto took. Auto requests carry their send time (``sent_at_unix_ms``, as the
+  client library sends it with a budget), so the ranker knows how much budget the queues
+  before it used. ``--load-unaware`` sends no send time and sets the ranker's
+  ``load_window_ms`` to 0, so auto plans as if the server were idle: compare the miss rates.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from client.ranking_client import (
 )
 from export.config import PRESETS
 from export.world import make_world
+from model_repository.ranking import SENT_AT_PARAM
 
 log = logging.getLogger(__name__)
 
@@ -161,16 +164,21 @@ async def send_all(
     budget_ms: float,
     timeout_s: float,
     routes: tuple[str, ...] = ROUTES,
+    stamp: bool = True,
 ) -> list[tuple[int, str, object, float]]:
-    """(pool index, route asked, RankingResult or the exception, latency s) per request, in order."""
+    """(pool index, route asked, RankingResult or the exception, latency s) per request, in order.
+    ``stamp``: auto requests carry their send time (``sent_at_unix_ms``), as the client library sends it."""
     client = grpcaio.InferenceServerClient(url)
     semaphore = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> tuple[int, str, object, float]:
         index, route = i % len(pool), routes[i % len(routes)]
-        params = request_parameters(route, budget_ms if route == "auto" else None)
         inputs = build_inputs(grpcaio, pool[index].arrays(), TOP_K)
         async with semaphore:
+            # stamped as it is sent: the client's own wait for a free slot is not the server's
+            params = request_parameters(route, budget_ms if route == "auto" else None)
+            if not stamp:
+                params.pop(SENT_AT_PARAM, None)
             start = time.perf_counter()
             try:
                 response = await client.infer(
@@ -208,7 +216,7 @@ def run_soak(
     time.sleep(METRICS_SETTLE_S)
     counters_before = ranker_counters(metrics_url)
     start = time.perf_counter()
-    outcomes = asyncio.run(send_all(url, pool, requests, concurrency, budget_ms, timeout_s, routes))
+    outcomes = asyncio.run(send_all(url, pool, requests, concurrency, budget_ms, timeout_s, routes, stamp=load_aware))
     wall_s = time.perf_counter() - start
     after = process_rss_mb(pgid) if pgid else {}
     time.sleep(METRICS_SETTLE_S)
@@ -285,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--budget-ms", type=float, default=50.0, help="latency_budget_ms of the auto requests")
-    parser.add_argument("--load-unaware", action="store_true", help="ranker load_window_ms 0: auto ignores load")
+    parser.add_argument("--load-unaware", action="store_true", help="no send time, load_window_ms 0: auto ignores load")
     parser.add_argument("--routes", default=",".join(ROUTES), help="routes to cycle through (comma-separated)")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)

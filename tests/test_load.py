@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import numpy as np
 import pytest
 
 from model_repository.load import RHO_CAP, LoadMeter
+from model_repository.pipeline import RankerState, SharedState, rank
+from model_repository.routing import CostModel, RoutePolicy, TierCost
 
 
 class Clock:
@@ -73,3 +78,47 @@ def test_bad_window_is_refused(window: float) -> None:
 def test_interval_ending_before_it_starts_is_refused() -> None:
     with pytest.raises(ValueError, match="ends before it starts"):
         LoadMeter(1.0, Clock()).record(2.0, 1.0)
+
+
+# --- the wait in the request path (model_repository/pipeline.rank) ---------------------------------
+
+N, D, C, E = 300, 4, 4, 3
+
+
+def _state(load: LoadMeter | None = None) -> RankerState:
+    priors = {"light": TierCost(1.0, 0.001), "heavy": TierCost(2.0, 0.01)}  # heavy(300) = 5 ms
+    return RankerState(RoutePolicy(cascade_m=8, confidence_threshold=1.0), CostModel(priors), load=load)
+
+
+async def _scores(tier: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    n = inputs["candidate_emb"].shape[0]
+    return np.linspace(0.0, 1.0, n, dtype=np.float32) if tier == "light" else np.ones(n, np.float32)
+
+
+def _rank(state: RankerState, route: str, budget_ms: float, waited_ms: float | None) -> object:
+    shared = SharedState.from_tower(np.ones((1, D), np.float32), np.ones((6, D), np.float32))
+    emb = np.ones((N, C, E), np.float32)
+    return asyncio.run(rank(_scores, state, shared, emb, route, 5, budget_ms, waited_ms=waited_ms))
+
+
+def test_auto_plans_with_the_time_the_client_says_has_passed() -> None:
+    assert _rank(_state(), "auto", 100.0, waited_ms=None).route == "heavy"  # 5 ms fits 100
+    # heavy(300) = 5 ms, cascade = light(300) + heavy(8) = 3.38 ms; both times safety factor 1.2
+    assert _rank(_state(), "auto", 100.0, waited_ms=95.0).route == "cascade"  # 5 ms left: 6 > 5 >= 4.06
+    assert _rank(_state(), "auto", 100.0, waited_ms=99.5).route == "light"  # nothing fits
+
+
+def test_auto_without_a_stamp_plans_with_the_measured_load() -> None:
+    clock = Clock()
+    meter = LoadMeter(1.0, clock, ewma=1.0)
+    for i in range(20):  # saturated: 50 ms requests back to back -> about 2.45 s of likely wait
+        clock.now = 99.0 + 0.05 * (i + 1)
+        meter.record(clock.now - 0.05, clock.now)
+    assert _rank(_state(meter), "auto", 100.0, waited_ms=None).route == "light"
+    assert _rank(_state(None), "auto", 100.0, waited_ms=None).route == "heavy"  # load-unaware
+
+
+def test_spent_budget_brings_the_heavy_deadline_forward() -> None:
+    result = _rank(_state(), "cascade", 100.0, waited_ms=150.0)  # the budget was gone on arrival
+    assert result.route == "light" and result.fallback == "timeout"
+    assert _rank(_state(), "cascade", 100.0, waited_ms=None).route == "cascade"

@@ -7,6 +7,7 @@ import pytest
 
 from export.signature import RequestError
 from model_repository.ranking import (
+    SENT_AT_PARAM,
     RequestOptions,
     cascade_merge,
     light_confidence,
@@ -93,6 +94,37 @@ def test_parse_parameters(raw, expected):
 def test_parse_parameters_rejects(raw, match):
     with pytest.raises(RequestError, match=match):
         parse_parameters(raw, DEFAULT_BUDGET)
+
+
+NOW_MS = 1.7e12  # a fixed "now" (Unix ms) for the send-time tests
+
+
+@pytest.mark.parametrize(
+    "sent_at, waited",
+    [(NOW_MS - 30.0, 30.0), (str(NOW_MS - 2.5), 2.5), (NOW_MS + 4.0, 0.0), (NOW_MS - 10_000, 10_000.0)],
+    ids=["number", "string", "clock-skew-reads-0", "long-ago"],
+)
+def test_sent_at_gives_the_time_already_spent(sent_at, waited):
+    options = parse_parameters({"latency_budget_ms": 50, SENT_AT_PARAM: sent_at}, DEFAULT_BUDGET, now_unix_ms=NOW_MS)
+    assert options.waited_ms(NOW_MS) == pytest.approx(waited)
+    assert parse_parameters({}, DEFAULT_BUDGET).waited_ms(NOW_MS) is None  # not stamped: unknown
+
+
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        (True, "must be a number, got bool"),
+        ("yesterday", "must be a number"),
+        (float("nan"), "must be finite"),
+        (-1.0, "must be > 0"),
+        (0, "must be > 0"),
+        (NOW_MS + 5_000, "in the future; the client's clock is off"),
+    ],
+    ids=["bool", "text", "nan", "negative", "zero", "future"],
+)
+def test_sent_at_rejects(value, match):
+    with pytest.raises(RequestError, match=f"'{SENT_AT_PARAM}' {match}" if "future" not in match else match):
+        parse_parameters({SENT_AT_PARAM: value}, DEFAULT_BUDGET, now_unix_ms=NOW_MS)
 
 
 @pytest.mark.parametrize("default", [0.0, -1.0, float("nan"), float("inf")], ids=["zero", "neg", "nan", "inf"])

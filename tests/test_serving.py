@@ -169,6 +169,36 @@ def test_auto_follows_budget(grpc_client, world, ranker, budget_ms, route):
     assert_same(served, expected(ranker, request, route))
 
 
+def infer_sent_at(client: grpcclient.InferenceServerClient, request: RankingRequest, route: str, **params: float):
+    """``request`` with raw parameters (the client's stamp chosen by the test); returns (result, seconds)."""
+    inputs = []
+    for name, array in request.arrays().items():
+        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    outputs = [grpcclient.InferRequestedOutput(name) for name in ADAPTIVE_RANKING.output_names]
+    start = time.perf_counter()
+    response = client.infer(MODEL_NAME, inputs, outputs=outputs, parameters={"route": route, **params})
+    return response, time.perf_counter() - start
+
+
+def test_budget_counts_from_the_clients_send_time(grpc_client, world, ranker):
+    """A request stamped 10 s ago with a 100 ms budget has nothing left: auto answers light and a
+    cascade does not wait for heavy; the same request stamped now gets heavy / cascade."""
+    warm_up(grpc_client, world)
+    request = world_request(world, 300, 23)
+    now = time.time() * 1e3
+    fresh, _ = infer_sent_at(grpc_client, request, "auto", latency_budget_ms=10_000.0, sent_at_unix_ms=now)
+    assert fresh.as_numpy("route")[0] == b"heavy"
+    for route in ("auto", "cascade"):
+        stale, seconds = infer_sent_at(
+            grpc_client, request, route, latency_budget_ms=100.0, sent_at_unix_ms=time.time() * 1e3 - 10_000
+        )
+        assert stale.as_numpy("route")[0] == b"light", route
+        np.testing.assert_array_equal(stale.as_numpy("top_ids"), expected(ranker, request, "light").top_ids)
+        assert seconds < 1.0
+
+
 # --- 4. edge cases --------------------------------------------------------------------------------
 
 
@@ -323,6 +353,8 @@ BAD = {
     "unknown-route": Bad("route", params={"route": "fastest"}),
     "budget-not-numeric": Bad("latency_budget_ms", params={"latency_budget_ms": "fast"}),
     "budget-negative": Bad("latency_budget_ms", params={"latency_budget_ms": -5.0}),
+    "sent-at-text": Bad("sent_at_unix_ms", params={"latency_budget_ms": 50.0, "sent_at_unix_ms": "now"}),
+    "sent-at-future": Bad("sent_at_unix_ms", params={"latency_budget_ms": 50.0, "sent_at_unix_ms": 9e15}),
     "top-k-zero": Bad("top_k", {"top_k": np.array([0], np.int32)}),
     "top-k-negative": Bad("top_k", {"top_k": np.array([-3], np.int32)}),
     "wrong-dtype": Bad("candidate_ids", {"candidate_ids": np.arange(8, dtype=np.int32)}),  # Triton rejects it

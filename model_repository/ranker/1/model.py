@@ -14,7 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
+
+# Before this repo's imports: the 2.51 stub runs Python isolated, so PYTHONDONTWRITEBYTECODE is
+# ignored, and a model_repository/__pycache__ folder would look like a model to Triton.
+sys.dont_write_bytecode = True
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -140,6 +145,7 @@ class TritonPythonModel:
                 error=pb_utils.TritonError(f"ranker: {exc}", pb_utils.TritonError.INVALID_ARG)
             )
         shared = SharedState.from_tower(arrays["user_state"], arrays["history_kv"])
+        waited_ms = options.waited_ms(time.time() * 1e3)  # None unless the client stamped it
         try:
             result = await rank(
                 self._score,
@@ -151,6 +157,7 @@ class TritonPythonModel:
                 options.latency_budget_ms,
                 start=start,
                 deadline_ms=heavy_deadline_ms(options, self.heavy_timeout_ms),
+                waited_ms=waited_ms,
             )
         except ScorerError as exc:
             return pb_utils.InferenceResponse(
@@ -166,7 +173,7 @@ class TritonPythonModel:
             self._count(self.m_candidates, "tier", tier, n)
         if result.fallback is not None:
             self._count(self.m_fallbacks, "reason", result.fallback)
-        if elapsed_ms > options.latency_budget_ms:
+        if elapsed_ms + (waited_ms or 0.0) > options.latency_budget_ms:
             self._count(self.m_misses, "route", result.route)
         outputs = {
             "top_ids": tensors.take(arrays["candidate_ids"], result.top_idx),  # (K,) int64
