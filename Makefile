@@ -79,7 +79,9 @@ profile: venv ## Per-model Triton statistics and py-spy of every stub under load
 
 .PHONY: soak
 
-soak: venv ## Soak: 10,000 requests at concurrency 32 on every route; errors, answers, memory, auto budget misses
+soak: venv ## Soak: 10,000 requests at concurrency 32 on every route; errors, answers, memory; auto budget misses (c 32, 8)
 	$(PY) -m perf.soak --requests 10000 --concurrency 32 --json perf/results/soak.json
 	$(PY) -m perf.soak --requests 10000 --concurrency 32 --routes auto --json perf/results/soak-auto.json
 	$(PY) -m perf.soak --requests 10000 --concurrency 32 --routes auto --load-unaware --json perf/results/soak-auto-unaware.json
+	$(PY) -m perf.soak --requests 4000 --concurrency 8 --routes auto --json perf/results/soak-auto-c8.json
+	$(PY) -m perf.soak --requests 4000 --concurrency 8 --routes auto --load-unaware --json perf/results/soak-auto-c8-unaware.json
