@@ -169,13 +169,19 @@ def test_auto_follows_budget(grpc_client, world, ranker, budget_ms, route):
     assert_same(served, expected(ranker, request, route))
 
 
-def infer_sent_at(client: grpcclient.InferenceServerClient, request: RankingRequest, route: str, **params: float):
-    """``request`` with raw parameters (the client's stamp chosen by the test); returns (result, seconds)."""
+def raw_inputs(arrays: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
+    """gRPC inputs for ``arrays`` exactly as they are (dtype and shape unchecked by the client)."""
     inputs = []
-    for name, array in request.arrays().items():
+    for name, array in arrays.items():
         tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)
+    return inputs
+
+
+def infer_sent_at(client: grpcclient.InferenceServerClient, request: RankingRequest, route: str, **params: float):
+    """``request`` with raw parameters (the client's stamp chosen by the test); returns (result, seconds)."""
+    inputs = raw_inputs(request.arrays())
     outputs = [grpcclient.InferRequestedOutput(name) for name in ADAPTIVE_RANKING.output_names]
     start = time.perf_counter()
     response = client.infer(MODEL_NAME, inputs, outputs=outputs, parameters={"route": route, **params})
@@ -364,12 +370,7 @@ BAD = {
 
 def send_raw(client: grpcclient.InferenceServerClient, bad: Bad) -> None:
     """One request with ``bad``'s arrays and parameters sent as they are (no client-side typing)."""
-    arrays = {**_valid_arrays(), **bad.arrays}
-    inputs = []
-    for name, array in arrays.items():
-        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
+    inputs = raw_inputs({**_valid_arrays(), **bad.arrays})
     outputs = [grpcclient.InferRequestedOutput(name) for name in ADAPTIVE_RANKING.output_names]
     client.infer(MODEL_NAME, inputs, outputs=outputs, parameters={"route": "cascade", **bad.params})
 

@@ -23,7 +23,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.utils import InferenceServerException
 
 from client.inprocess import InProcessRanker
 from client.local_server import REPO_ROOT, RunningServer, ServerConfig, check_artifacts, run_server
@@ -31,6 +31,7 @@ from client.ranking_client import RankingRequest, RankingResult, infer
 from export.signature import RANKER
 from perf.soak import repository_copy
 from tests.test_faults import stub_pids
+from tests.test_serving import raw_inputs
 
 REPOSITORY = REPO_ROOT / "model_repository"
 
@@ -144,13 +145,8 @@ def ranker_arrays(inprocess: InProcessRanker, seed: int, n: int = 40) -> dict[st
 
 def infer_ranker(client: grpcclient.InferenceServerClient, arrays: dict[str, np.ndarray], route: str) -> dict:
     """One request straight to the ranker model (not the ensemble), arrays sent as they are."""
-    inputs = []
-    for name, array in arrays.items():
-        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
     outputs = [grpcclient.InferRequestedOutput(name) for name in RANKER.output_names]
-    response = client.infer("ranker", inputs, outputs=outputs, parameters={"route": route})
+    response = client.infer("ranker", raw_inputs(arrays), outputs=outputs, parameters={"route": route})
     return {name: response.as_numpy(name) for name in RANKER.output_names}
 
 
