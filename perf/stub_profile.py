@@ -34,7 +34,7 @@ from pathlib import Path
 import tritonclient.grpc as grpcclient
 
 from client.local_server import REPO_ROOT, RunningServer, ServerConfig, check_artifacts, run_server
-from client.ranking_client import RankingRequest, infer
+from client.ranking_client import MODEL_NAME, RankingRequest, infer
 from export.config import PRESETS
 from export.world import make_world
 from perf.sweep import exported_preset, hardware
@@ -62,6 +62,23 @@ def stats_snapshot(client: grpcclient.InferenceServerClient) -> dict[str, dict[s
         parts = ("success", *STAT_PARTS)
         out[model["name"]] = {p: (int(stats[p].get("count", 0)), int(stats[p].get("ns", 0))) for p in parts}
     return out
+
+
+def settled_snapshot(
+    client: grpcclient.InferenceServerClient, before: dict, requests: int, timeout_s: float = 5.0
+) -> dict[str, dict[str, tuple[int, int]]]:
+    """A snapshot once the ensemble has counted all ``requests`` since ``before`` and the counts
+    stopped moving: Triton records a call's statistics just after its response goes out, so the
+    last request's may lag its answer."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while True:
+        after = stats_snapshot(client)
+        done = after[MODEL_NAME]["success"][0] - before.get(MODEL_NAME, {}).get("success", (0, 0))[0]
+        if (done >= requests and after == last) or time.monotonic() > deadline:
+            return after
+        last = after
+        time.sleep(0.05)
 
 
 def breakdown(before: dict, after: dict, requests: int) -> dict[str, dict[str, float]]:
@@ -164,7 +181,7 @@ def profile(server: RunningServer, cfg: ProfileConfig, preset: str, out_dir: Pat
         start = time.perf_counter()
         infer(client, request, route=cfg.route)
         latencies.append((time.perf_counter() - start) * 1e3)
-    models = breakdown(before, stats_snapshot(client), cfg.window_requests)
+    models = breakdown(before, settled_snapshot(client, before, cfg.window_requests), cfg.window_requests)
     stop = threading.Event()
 
     def load() -> None:  # keeps the stubs busy while py-spy samples them
