@@ -65,20 +65,20 @@ def stats_snapshot(client: grpcclient.InferenceServerClient) -> dict[str, dict[s
 
 
 def settled_snapshot(
-    client: grpcclient.InferenceServerClient, before: dict, requests: int, timeout_s: float = 5.0
+    client: grpcclient.InferenceServerClient, before: dict | None = None, requests: int = 0, timeout_s: float = 5.0
 ) -> dict[str, dict[str, tuple[int, int]]]:
-    """A snapshot once the ensemble has counted all ``requests`` since ``before`` and the counts
-    stopped moving: Triton records a call's statistics just after its response goes out, so the
-    last request's may lag its answer."""
+    """A snapshot once the counts stopped moving (two reads 0.1 s apart agree) and, given
+    ``before``, the ensemble has counted ``requests`` since: Triton records a call's statistics
+    just after its response goes out, so the last request's may lag its answer."""
     deadline = time.monotonic() + timeout_s
     last = None
     while True:
-        after = stats_snapshot(client)
-        done = after[MODEL_NAME]["success"][0] - before.get(MODEL_NAME, {}).get("success", (0, 0))[0]
-        if (done >= requests and after == last) or time.monotonic() > deadline:
-            return after
-        last = after
-        time.sleep(0.05)
+        now = stats_snapshot(client)
+        done = now[MODEL_NAME]["success"][0] - (before or {}).get(MODEL_NAME, {}).get("success", (0, 0))[0]
+        if (done >= requests and now == last) or time.monotonic() > deadline:
+            return now
+        last = now
+        time.sleep(0.1)
 
 
 def breakdown(before: dict, after: dict, requests: int) -> dict[str, dict[str, float]]:
@@ -175,7 +175,7 @@ def profile(server: RunningServer, cfg: ProfileConfig, preset: str, out_dir: Pat
     client = grpcclient.InferenceServerClient(server.grpc_url)
     for _ in range(20):  # warm-up: sessions, shared memory, the cost model
         infer(client, request, route=cfg.route)
-    before = stats_snapshot(client)
+    before = settled_snapshot(client)  # the warm-up's last request counted
     latencies = []
     for _ in range(cfg.window_requests):
         start = time.perf_counter()
