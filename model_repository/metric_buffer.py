@@ -4,31 +4,19 @@ Each ``pb_utils`` ``Metric.increment`` / ``Metric.set`` is a synchronous round t
 the Python stub to the server process. The ranker made six per request (in-flight
 gauge twice, requests, latency, candidates per tier); py-spy on the stub at N=1024
 put 15% of its samples on the two gauge sets alone. ``MetricBuffer`` sums counter
-increments and keeps the last gauge value per key; the ranker applies them at most
-once per ``interval_s``, so a scrape lags by up to that interval and the request
-path makes no metric round trip.
+increments per key; the ranker applies them at most once per ``interval_s`` (and sets
+its gauges then, from the load meter), so a scrape lags by up to that interval and
+the request path makes no metric round trip.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
-
-
-@dataclass
-class Pending:
-    """What one flush applies: counter deltas and gauge values, by key."""
-
-    counters: dict[Hashable, float] = field(default_factory=dict)
-    gauges: dict[Hashable, float] = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return bool(self.counters or self.gauges)
 
 
 class MetricBuffer:
-    """Counter increments and gauge values waiting to be sent; ``interval_s`` = 0 sends every time."""
+    """Counter increments waiting to be sent, summed per key; ``interval_s`` = 0 sends every time."""
 
     def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         if interval_s < 0:
@@ -36,22 +24,19 @@ class MetricBuffer:
         self.interval_s = interval_s
         self._clock = clock
         self._last = clock()
-        self._pending = Pending()
+        self._pending: dict[Hashable, float] = {}
 
     def increment(self, key: Hashable, value: float) -> None:
         if value < 0:
             raise ValueError(f"counter {key!r} cannot decrease (increment {value})")
-        self._pending.counters[key] = self._pending.counters.get(key, 0.0) + value
-
-    def set(self, key: Hashable, value: float) -> None:
-        self._pending.gauges[key] = float(value)
+        self._pending[key] = self._pending.get(key, 0.0) + value
 
     def due(self) -> bool:
         """Whether something is pending and ``interval_s`` has passed since the last drain."""
         return bool(self._pending) and self._clock() - self._last >= self.interval_s
 
-    def drain(self) -> Pending:
-        """Everything pending (then nothing is); restarts the interval."""
-        pending, self._pending = self._pending, Pending()
+    def drain(self) -> dict[Hashable, float]:
+        """The summed increments by key (then nothing is pending); restarts the interval."""
+        pending, self._pending = self._pending, {}
         self._last = self._clock()
         return pending

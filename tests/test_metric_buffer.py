@@ -15,16 +15,12 @@ class Clock:
         return self.now
 
 
-def test_counters_sum_and_gauges_keep_the_last_value() -> None:
+def test_counters_sum_per_key() -> None:
     buf = MetricBuffer(0.25, Clock())
     buf.increment(("requests", "route", "light"), 1)
     buf.increment(("requests", "route", "light"), 1)
     buf.increment(("latency", "route", "light"), 2.5)
-    buf.set("inflight", 3)
-    buf.set("inflight", 0)
-    pending = buf.drain()
-    assert pending.counters == {("requests", "route", "light"): 2.0, ("latency", "route", "light"): 2.5}
-    assert pending.gauges == {"inflight": 0.0}
+    assert buf.drain() == {("requests", "route", "light"): 2.0, ("latency", "route", "light"): 2.5}
     assert not buf.drain()  # drained: nothing is sent twice
 
 
@@ -46,7 +42,8 @@ def test_due_after_the_interval_and_only_with_something_pending() -> None:
 
 def test_zero_interval_is_always_due_when_pending() -> None:
     buf = MetricBuffer(0.0, Clock())
-    buf.set("inflight", 1)
+    assert not buf.due()
+    buf.increment("requests", 1)
     assert buf.due()
 
 

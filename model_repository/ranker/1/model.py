@@ -96,8 +96,7 @@ class TritonPythonModel:
 
     def flush_metrics(self) -> None:
         """Send the buffered metric updates to Triton (the flusher task calls this every interval)."""
-        pending = self.metrics.drain()
-        for (family, label, value), amount in pending.counters.items():
+        for (family, label, value), amount in self.metrics.drain().items():
             self._metric(family, label, value).increment(amount)
         if self.state is not None and self.state.load is not None:
             self.g_utilization.set(self.state.load.utilization())
@@ -189,7 +188,7 @@ class TritonPythonModel:
             # The stub's event loop outlives execute(): the task sends what requests left pending.
             self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
         responses = list(await asyncio.gather(*(self._handle(r) for r in requests)))
-        if self.metrics.due():
+        if self._flusher is None and self.metrics.due():  # metrics_interval_ms 0: no flusher task
             self.flush_metrics()
         return responses
 
