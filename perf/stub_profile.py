@@ -33,7 +33,14 @@ from pathlib import Path
 
 import tritonclient.grpc as grpcclient
 
-from client.local_server import REPO_ROOT, RunningServer, ServerConfig, check_artifacts, run_server
+from client.local_server import (
+    REPO_ROOT,
+    RunningServer,
+    ServerConfig,
+    check_artifacts,
+    run_server,
+    stub_processes,
+)
 from client.ranking_client import MODEL_NAME, RankingRequest, infer
 from export.config import PRESETS
 from export.world import make_world
@@ -42,7 +49,6 @@ from perf.sweep import exported_preset, hardware
 log = logging.getLogger(__name__)
 
 STAT_PARTS = ("queue", "compute_input", "compute_infer", "compute_output")
-STUB_MARK = "triton_python_backend_stub"
 
 
 @dataclass(frozen=True)
@@ -109,21 +115,6 @@ def top_frames(raw: str, limit: int = 12) -> tuple[int, list[tuple[str, int]]]:
             if frame:
                 inclusive[frame] += int(count)
     return total, inclusive.most_common(limit)
-
-
-def stub_pids(server_pid: int) -> dict[str, int]:
-    """{model path: pid} of the server's Python stubs (first instance of each model)."""
-    out = {}
-    for proc in sorted(Path("/proc").glob("[0-9]*")):
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue  # exited meanwhile
-        if parent == server_pid and cmd and cmd[0].decode().endswith(STUB_MARK) and len(cmd) > 1:
-            model = Path(cmd[1].decode()).parents[1].name
-            out.setdefault(model, int(proc.name))
-    return out
 
 
 def record(pid: int, cfg: ProfileConfig, out: Path) -> str | None:
@@ -193,7 +184,10 @@ def profile(server: RunningServer, cfg: ProfileConfig, preset: str, out_dir: Pat
     loader.start()
     stubs = {}
     try:
-        for model, pid in sorted(stub_pids(server.process.pid).items()):
+        first = {}  # model -> its first instance's stub (stub_processes sorts by instance name)
+        for stub in stub_processes(server.process.pid):
+            first.setdefault(stub.model, stub.pid)
+        for model, pid in sorted(first.items()):
             if model not in models:
                 continue
             raw = record(pid, cfg, out_dir / f"{model}.raw.txt")

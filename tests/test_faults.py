@@ -246,19 +246,7 @@ def test_server_cascade_again_once_heavy_recovers(fault_server, client, ranker):
 
 def stub_pids(server: RunningServer, model: str) -> list[int]:
     """Python backend stubs of ``model`` in the server's process group (the group id is its pid)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.getpgid(int(entry.name)) != server.process.pid:
-                continue
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, ProcessLookupError):
-            continue
-        if cmdline and cmdline[0].endswith(b"triton_python_backend_stub") and f"/{model}/".encode() in cmdline[1]:
-            pids.append(int(entry.name))
-    return sorted(pids)
+    return sorted(stub.pid for stub in stub_processes(server.process.pid) if stub.model == model)
 
 
 def test_killed_stub_fails_fast_and_a_restart_recovers(fault_server, client, ranker):
