@@ -3,8 +3,7 @@
 #   docker build -t adaptive-ranking .
 #   docker run --gpus all --shm-size=1g -p 8000:8000 -p 8001:8001 -p 8002:8002 \
 #     -e TRITON_ADMIN_KEY=change-me adaptive-ranking
-# Engines are built for the local GPU on first start (export/tensorrt_build.py); mount a volume on
-# /opt/ranking/model_repository to keep them between runs.
+# Engines are built for the local GPU on first start (export/tensorrt_build.py).
 FROM nvcr.io/nvidia/tritonserver:25.08-py3
 
 # TensorRT Python bindings matching the image's TensorRT, cuda-python for the engine check, the
@@ -21,8 +20,11 @@ RUN pip install --no-cache-dir \
 
 RUN useradd --create-home --uid 1000 triton
 WORKDIR /opt/ranking
-COPY --chown=triton:triton export/ export/
+# The serving package, the repository, and only the export modules the engine build needs.
+COPY --chown=triton:triton serving/ serving/
 COPY --chown=triton:triton model_repository/ model_repository/
+COPY --chown=triton:triton export/__init__.py export/tensorrt_build.py export/profiles.py export/samples.py \
+     export/docker_entrypoint.sh export/
 USER 1000:1000
 
 EXPOSE 8000 8001 8002

@@ -1,8 +1,6 @@
 # Adaptive ranking on Triton: `make` lists the targets.
 
 PY := .venv/bin/python
-# Importing model_repository.* would leave model_repository/__pycache__, which Triton takes for a model.
-export PYTHONDONTWRITEBYTECODE := 1
 PRESET ?= small
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
@@ -14,9 +12,9 @@ METRICS_PORT ?= 8002
 help: ## List the targets
 	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
-venv: .venv/.installed ## Create .venv (Python 3.11) and install requirements.txt (+ libb64 for perf_analyzer)
+venv: .venv/.installed ## Create .venv (Python 3.11), install requirements.txt and this project (+ libb64 for perf_analyzer)
 
-.venv/.installed: requirements.txt
+.venv/.installed: requirements.txt pyproject.toml
 	@if [ ! -x $(PY) ]; then \
 	  if command -v python3.11 >/dev/null 2>&1; then py=python3.11; \
 	  elif python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then py=python3; \
@@ -24,6 +22,7 @@ venv: .venv/.installed ## Create .venv (Python 3.11) and install requirements.tx
 	  echo "creating .venv with $$py"; $$py -m venv .venv; \
 	fi
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps -e .
 	@if dpkg -s libb64-0d >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  apt-get install -y libb64-0d || { apt-get update && apt-get install -y libb64-0d; }; \
@@ -31,7 +30,7 @@ venv: .venv/.installed ## Create .venv (Python 3.11) and install requirements.tx
 	touch $@
 
 serve: venv ## Run Triton on model_repository (HTTP_PORT, GRPC_PORT, METRICS_PORT)
-	$(PY) -m client.local_server --model-repository model_repository --config-name cpu \
+	$(PY) -m serving.server --model-repository model_repository --config-name cpu \
 		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
 export: venv ## Train and export the models into model_repository (PRESET=small)

@@ -31,12 +31,12 @@ from tritonclient.utils import InferenceServerException
 from client.ranking_client import (
     MODEL_NAME,
     RankingRequest,
-    RankingResult,
     build_inputs,
     request_parameters,
     requested_outputs,
     result_from_response,
 )
+from serving.contract import RankingResult
 
 PROTOCOLS: tuple[str, ...] = ("grpc", "http")
 _HTTP_CONNECTION_TIMEOUT_S = 60.0  # the aiohttp session's own limit, kept above timeout_s

@@ -32,12 +32,12 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from client.async_client import PROTOCOLS, Outcome, Summary, infer_many, summarize
-from client.ranking_client import RankingRequest, RankingResult, infer
+from client.ranking_client import RankingRequest, infer
 from client.request_file import RequestFileError, load_request, validate_request
 from client.shared_memory import SHARED_MEMORY_KINDS, SharedMemoryError, infer_shared_memory
 from export.config import PRESETS
-from export.signature import ROUTES, RequestError
 from export.world import make_world
+from serving.contract import ROUTES, RankingResult, RequestError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 DEFAULT_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}  # make serve's ports

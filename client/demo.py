@@ -20,14 +20,15 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from client.local_server import REPO_ROOT, ServerConfig, check_artifacts, run_server
-from client.ranking_client import RankingRequest, RankingResult, infer
+from client.ranking_client import RankingRequest, infer
 from export.config import PRESETS
 from export.metrics import ndcg_at_k
 from export.world import make_world
+from serving.contract import DEFAULT_ROUTE, FIXED_ROUTES, RankingResult
+from serving.server.launcher import REPO_ROOT, ServerConfig, check_artifacts, run_server
 
 log = logging.getLogger("client.demo")
-ROUTES = ("light", "heavy", "cascade", "auto")
+ROUTES = (*FIXED_ROUTES, DEFAULT_ROUTE)  # light, heavy, cascade, then auto
 
 
 def format_ranking(request: RankingRequest, result: RankingResult, relevance: np.ndarray) -> str:

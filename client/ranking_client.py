@@ -4,7 +4,7 @@
     request = RankingRequest.from_requests(world.sample_requests(1, 256, seed=0), row=0)
     result = infer(grpc_client, request, route="cascade", top_k=10)
 
-Names and dtypes come from export/signature.py; nothing here knows the models.
+Names and dtypes come from serving/contract.py; nothing here knows the models.
 ``build_inputs``, ``requested_outputs``, ``request_parameters`` and ``result_from_response``
 are the pieces ``infer`` is made of; client/shared_memory.py and client/async_client.py
 reuse them with other inputs or other (asyncio) clients.
@@ -20,8 +20,8 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from export.signature import ADAPTIVE_RANKING
 from export.world import Requests
+from serving.contract import ADAPTIVE_RANKING, RankingResult
 
 MODEL_NAME = ADAPTIVE_RANKING.name
 
@@ -47,14 +47,6 @@ class RankingRequest:
             "candidate_ids": self.candidate_ids,
             "candidate_features": self.candidate_features,
         }
-
-
-@dataclass(frozen=True)
-class RankingResult:
-    top_ids: np.ndarray  # (K,)
-    top_scores: np.ndarray  # (K,)
-    scores: np.ndarray  # (N,)
-    route: str
 
 
 def protocol_module(client: object) -> ModuleType:

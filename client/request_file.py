@@ -1,7 +1,7 @@
 """Ranking requests as JSON files, checked against the tensor contract before they are sent.
 
 A request file is one JSON object with exactly the four request tensors as (nested)
-arrays of integers; names, shapes and limits are those of export/signature.py::
+arrays of integers; names, shapes and limits are those of serving/contract.py::
 
     {"user_features": [17, 3, 5, 1],
      "history_ids": [12, 40, 7],
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from client.ranking_client import RankingRequest
-from export.signature import ADAPTIVE_RANKING, RequestError, validate_inputs
+from serving.contract import ADAPTIVE_RANKING, RequestError, validate_inputs
 
 REQUEST_KEYS: tuple[str, ...] = tuple(t.name for t in ADAPTIVE_RANKING.inputs if not t.optional)
 _INT64 = np.iinfo(np.int64)

@@ -1,26 +1,11 @@
-"""Send the large request tensors through shared memory instead of the socket.
+"""Send the tensors that grow with L and N through shared memory instead of the socket.
 
-    from client.shared_memory import infer_shared_memory
     result = infer_shared_memory(grpc_client, request, kind="system", admin_key=key, route="cascade")
 
-``history_ids``, ``candidate_ids`` and ``candidate_features`` (the tensors that grow with L
-and N) each get a region of their own: created and filled here, registered with the
-server, named by the InferInput; ``user_features`` and ``top_k`` travel normally and the
-outputs are read normally. The regions are unregistered and destroyed in ``finally``,
-whatever the answer. System shared memory needs the client on the server's host.
-
-System regions are POSIX shared memory made with the standard library
-(``multiprocessing.shared_memory``: shm_open + mmap, the same objects that
-``tritonclient.utils.shared_memory`` makes, registered under key ``/<name>``): the
-tritonclient 2.51 module imports ``pkg_resources``, which current setuptools no longer ships.
-
-Servers started by client/local_server.py restrict the shared-memory API to requests
-that carry the admin key header (``admin-key`` over HTTP, ``triton-grpc-protocol-admin-key``
-over gRPC); pass the key as ``admin_key``. ``kind="cuda"`` puts the regions on GPU
-``device_id``; it needs a CUDA device and a cuda-python that tritonclient can use, and is
-checked (``cuda_shared_memory_module``) only when asked for: nothing CUDA is imported here.
-Only its refusal without a GPU is tested (tests/test_client.py); the CUDA path itself has not
-run on a GPU yet.
+``history_ids``, ``candidate_ids`` and ``candidate_features`` each get a POSIX region
+(``multiprocessing.shared_memory``: tritonclient 2.51's helper imports ``pkg_resources``),
+registered with the admin key the local server requires, destroyed in ``finally``. The client
+must share the server's host. ``kind="cuda"`` needs a GPU; only its refusal without one is tested.
 """
 
 from __future__ import annotations
@@ -38,11 +23,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from client.local_server import ADMIN_KEY_HEADER, GRPC_ADMIN_KEY_HEADER
 from client.ranking_client import (
     MODEL_NAME,
     RankingRequest,
-    RankingResult,
     build_inputs,
     protocol_module,
     request_parameters,
@@ -50,7 +33,8 @@ from client.ranking_client import (
     result_from_response,
     timeout_kwargs,
 )
-from export.signature import ADAPTIVE_RANKING
+from serving.contract import ADAPTIVE_RANKING, RankingResult
+from serving.server.launcher import ADMIN_KEY_HEADER, GRPC_ADMIN_KEY_HEADER
 
 log = logging.getLogger(__name__)
 

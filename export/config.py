@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from export.signature import L_MAX
+from serving.contract import L_MAX
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ PRESETS: dict[str, Preset] = {
 
 
 def cardinalities(world: WorldConfig) -> dict[str, int]:
-    """Number of distinct raw values of each embedded feature (signature.EMBEDDED_FEATURES order)."""
+    """Number of distinct raw values of each embedded feature (contract.EMBEDDED_FEATURES order)."""
     return {
         "user_id": world.n_users,
         "age_bucket": world.n_age_buckets,

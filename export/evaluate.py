@@ -2,7 +2,8 @@
 
     .venv/bin/python -m export.build --preset small   # writes the result into reports/export.json
 
-Scorers compared: light, heavy, cascade (light on all, heavy re-scores light's top M),
+Scorers compared: light, heavy, cascade (light on all, heavy re-scores light's top M, the
+served rule: serving.routing.RoutePolicy),
 a popularity baseline (the world's prior item popularity) and random. AUC is over the
 observed clicks; NDCG@10 uses the true click probability as the graded relevance.
 """
@@ -16,9 +17,10 @@ from export.metrics import auc, ndcg_at_k
 from export.models import RankingModel
 from export.train import to_tensors
 from export.world import Requests, World
-from model_repository.ranking import cascade_merge, top_k_indices
+from serving.composition import cascade
+from serving.routing import RoutePolicy
 
-CASCADE_M = 64
+K = 10  # NDCG@K, and the K that the cascade's M covers (the ranker's default_top_k)
 
 
 @torch.no_grad()
@@ -34,27 +36,27 @@ def model_scores(model: RankingModel, requests: Requests, batch: int = 64) -> di
     return {"light": np.concatenate(light), "heavy": np.concatenate(heavy)}
 
 
-def cascade_scores(light: np.ndarray, heavy: np.ndarray, m: int) -> np.ndarray:
-    """(R, n) cascade scores: per request, heavy re-scores light's top m."""
-    out = np.empty_like(light)
-    for r in range(light.shape[0]):
-        top = top_k_indices(light[r], min(m, light.shape[1]))
-        out[r] = cascade_merge(light[r], heavy[r, top], top)
-    return out
+def cascade_scores(light: np.ndarray, heavy: np.ndarray, policy: RoutePolicy) -> np.ndarray:
+    """(R, n) cascade scores: per request, heavy re-scores light's top M = policy.cascade_size(n, K)."""
+    m = policy.cascade_size(light.shape[1], K)
+    return np.stack([cascade(light[r], m, lambda top, r=r: heavy[r, top]) for r in range(light.shape[0])])
 
 
 def metrics(scores: np.ndarray, requests: Requests) -> dict[str, float]:
-    return {"auc": auc(scores, requests.labels), "ndcg10": ndcg_at_k(scores, requests.relevance, 10)}
+    return {"auc": auc(scores, requests.labels), "ndcg10": ndcg_at_k(scores, requests.relevance, K)}
 
 
-def evaluate(model: RankingModel, world: World, requests: Requests, seed: int = 0) -> dict[str, dict[str, float]]:
-    """{scorer: {"auc": x, "ndcg10": y}} on ``requests``."""
+def evaluate(
+    model: RankingModel, world: World, requests: Requests, seed: int = 0, policy: RoutePolicy | None = None
+) -> dict[str, dict[str, float]]:
+    """{scorer: {"auc": x, "ndcg10": y}} on ``requests``; the cascade's M as served (``policy``)."""
+    policy = policy or RoutePolicy()
     s = model_scores(model, requests)
     rng = np.random.default_rng(seed)
     table = {
         "light": s["light"],
         "heavy": s["heavy"],
-        f"cascade_m{CASCADE_M}": cascade_scores(s["light"], s["heavy"], CASCADE_M),
+        f"cascade_m{policy.cascade_m}": cascade_scores(s["light"], s["heavy"], policy),
         "popularity": world.popularity[requests.candidate_ids],
         "random": rng.random(requests.candidate_ids.shape),
     }

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from export.config import EmbeddingConfig, HeavyConfig, LightConfig, UserTowerConfig
-from export.signature import C_TOKENS, CANDIDATE_FEATURES, EMBEDDED_FEATURES, ITEM_FEATURE, USER_FEATURES
+from serving.contract import C_TOKENS, CANDIDATE_FEATURES, EMBEDDED_FEATURES, ITEM_FEATURE, USER_FEATURES
 
 HASH_PRIME = 2_147_483_647  # 2**31 - 1: (x mod P) * A + B stays below 2**63 for A, B < 2**31
 MASK_VALUE = -1e4  # masked attention logit: finite so FP16/FP8 engines never see inf - inf

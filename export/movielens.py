@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export import signature
 from export.world import Requests
+from serving import contract
 
 logger = logging.getLogger(__name__)
 
@@ -205,10 +205,10 @@ def load_movielens(
     ``export.config.cardinalities`` and is sized to the data (max raw id + 1 for ids).
     """
     ratings_path, movies_path = Path(ratings_path), Path(movies_path)
-    if not 1 <= history_len <= signature.L_MAX:
-        raise ValueError(f"history_len must lie in 1..{signature.L_MAX}, got {history_len}")
-    if not 1 <= n_candidates <= signature.N_MAX:
-        raise ValueError(f"n_candidates must lie in 1..{signature.N_MAX}, got {n_candidates}")
+    if not 1 <= history_len <= contract.L_MAX:
+        raise ValueError(f"history_len must lie in 1..{contract.L_MAX}, got {history_len}")
+    if not 1 <= n_candidates <= contract.N_MAX:
+        raise ValueError(f"n_candidates must lie in 1..{contract.N_MAX}, got {n_candidates}")
     max_rated = max(1, n_candidates // 2) if max_rated_candidates is None else max_rated_candidates
     if not 1 <= max_rated <= n_candidates:
         raise ValueError(f"max_rated_candidates must lie in 1..{n_candidates}, got {max_rated}")
@@ -219,7 +219,7 @@ def load_movielens(
 
     key_base = int(movie_ids.max()) + 1
     n_ratings = np.bincount(movie, minlength=key_base)
-    feature_table = np.zeros((key_base, signature.F_C), dtype=np.int64)
+    feature_table = np.zeros((key_base, contract.F_C), dtype=np.int64)
     feature_table[movie_ids] = np.stack([first_genre, year_bucket, _popularity_bucket(n_ratings[movie_ids])], axis=1)
 
     order = np.lexsort((movie, ts, user))
@@ -264,7 +264,7 @@ def load_movielens(
     cand_rating = np.take_along_axis(cand_rating, perm, axis=1)
 
     requests = Requests(
-        user_features=np.stack([users, *(np.zeros_like(users),) * (signature.F_U - 1)], axis=1).astype(np.int64),
+        user_features=np.stack([users, *(np.zeros_like(users),) * (contract.F_U - 1)], axis=1).astype(np.int64),
         history_ids=history_ids.astype(np.int64),
         history_len=h.astype(np.int64),
         candidate_ids=cand.astype(np.int64),

@@ -2,8 +2,8 @@
 
     .venv/bin/python -m export.fp8 --preset tiny     # compares the FP8 graphs with the FP32 ones
 
-The same composition the server runs (client/inprocess.py): embedding_lookup, user_tower once
-per request, then scorer_light and scorer_heavy on all n candidates at B = 1. Any mix of graphs
+The same composition the server runs (serving/composition.py): embedding_lookup, user_tower
+once per request, then scorer_light and scorer_heavy on all n candidates at B = 1. Any mix of graphs
 can be plugged in (say FP8 user_tower with FP32 scorers), so each quantized model's effect is
 measured on its exact graph.
 """
@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from export.signature import ENGINE_MODELS
 from export.world import Requests
-from model_repository.engine import make_session, run_checked
-from model_repository.pipeline import SharedState, scorer_inputs
+from serving.composition import compose
+from serving.contract import ENGINE_MODELS
+from serving.onnx_session import make_session, run_checked
 
 PIPELINE = ("embedding_lookup", "user_tower", "scorer_light", "scorer_heavy")
 
@@ -29,17 +29,7 @@ def sessions(paths: dict[str, Path], threads: int = 1) -> dict[str, ort.Inferenc
 
 def model_inputs(requests: Requests, row: int, run: dict) -> dict[str, dict[str, np.ndarray]]:
     """Inputs of every pipeline model for one request; ``run(name, inputs)`` computes upstream outputs."""
-    first = requests.request_arrays(row)
-    emb = run("embedding_lookup", first)
-    tower_in = {"user_emb": emb["user_emb"], "history_emb": emb["history_emb"]}
-    tower = run("user_tower", tower_in)
-    shared = SharedState.from_tower(tower["user_state"], tower["history_kv"])
-    return {
-        "embedding_lookup": first,
-        "user_tower": tower_in,
-        "scorer_light": scorer_inputs("light", shared, emb["candidate_emb"]),
-        "scorer_heavy": scorer_inputs("heavy", shared, emb["candidate_emb"]),
-    }
+    return compose(run, requests.request_arrays(row)).model_inputs()
 
 
 def pipeline_scores(graphs: dict[str, ort.InferenceSession], requests: Requests) -> dict[str, np.ndarray]:

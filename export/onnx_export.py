@@ -1,4 +1,4 @@
-"""ONNX export of the served graphs, named and shaped by export/signature.py.
+"""ONNX export of the served graphs, named and shaped by serving/contract.py.
 
     .venv/bin/python -m export.build --preset small    # calls export_all() after training
 
@@ -18,7 +18,7 @@ import torch
 from export.models import RankingModel
 from export.samples import EXAMPLE_SIZES, random_inputs
 from export.serving import SERVING_MODULES
-from export.signature import ENGINE_MODELS, ModelSignature
+from serving.contract import ENGINE_MODELS, ModelSignature
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m export.tensorrt_build --model-repository model_repository   # uses these
 
-Profiles come from export/signature.py: every symbolic dim gets min / opt / max from
+Profiles come from serving/contract.py: every symbolic dim gets min / opt / max from
 ``DIM_LIMITS`` (min, max) and ``OPT_SIZES`` (the shape TensorRT tunes for); E and D are fixed
 per exported model and read from the ONNX graph. Unit-tested without TensorRT.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import onnx
 
-from export.signature import DIM_LIMITS, ENGINE_MODELS, ModelSignature
+from serving.contract import DIM_LIMITS, ENGINE_MODELS, ModelSignature
 
 PLAN_FILE = "model.plan"  # config.pbtxt's default_model_filename
 ONNX_FILE = "model.onnx"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from export.signature import ModelSignature, TensorSpec
+from serving.contract import ModelSignature, TensorSpec
 
 # Export-time example sizes: distinct primes so a dim the tracer froze shows up in parity tests.
 EXAMPLE_SIZES = {"L": 7, "N": 11, "B": 3, "K": 5}

@@ -1,6 +1,6 @@
 """Served graphs: thin modules that take exactly the served tensors by name.
 
-Each wrapper's forward() arguments and outputs follow export/signature.py (same
+Each wrapper's forward() arguments and outputs follow serving/contract.py (same
 names, same order); these are what go to ONNX, FP8 and TensorRT. Scorers return
 probabilities. Shapes below use the signature's symbols.
 """

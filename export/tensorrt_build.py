@@ -28,8 +28,8 @@ from export.profiles import (
     stamp,
 )
 from export.samples import random_inputs
-from export.signature import ENGINE_MODELS
-from model_repository.engine import make_session
+from serving.contract import ENGINE_MODELS
+from serving.onnx_session import make_session
 
 log = logging.getLogger("export.tensorrt_build")
 RTOL, ATOL = 0.05, 0.02  # GPU FP8 / FP16 kernels vs ONNX Runtime's CPU arithmetic on the same graph

@@ -23,8 +23,8 @@ from torch import nn
 
 from export.config import Preset, cardinalities
 from export.models import RankingModel
-from export.signature import CANDIDATE_FEATURES, ITEM_FEATURE, USER_FEATURES
 from export.world import Requests
+from serving.contract import CANDIDATE_FEATURES, ITEM_FEATURE, USER_FEATURES
 
 log = logging.getLogger(__name__)
 

@@ -37,8 +37,8 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from export import signature
 from export.config import WorldConfig
+from serving import contract
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +72,11 @@ CLICK = ClickWeights()
 class Requests:
     """R ranking requests, each one user with a history and n candidates."""
 
-    user_features: np.ndarray  # (R, F_U) int64 raw values in signature.USER_FEATURES order, user id first
+    user_features: np.ndarray  # (R, F_U) int64 raw values in contract.USER_FEATURES order, user id first
     history_ids: np.ndarray  # (R, L_pad) int64 item ids, oldest first, zero-padded after history_len
-    history_len: np.ndarray  # (R,) int64, 1 <= len <= L_pad <= signature.L_MAX
+    history_len: np.ndarray  # (R,) int64, 1 <= len <= L_pad <= contract.L_MAX
     candidate_ids: np.ndarray  # (R, n) int64 item ids
-    candidate_features: np.ndarray  # (R, n, F_C) int64 raw values in signature.CANDIDATE_FEATURES order
+    candidate_features: np.ndarray  # (R, n, F_C) int64 raw values in contract.CANDIDATE_FEATURES order
     labels: np.ndarray  # (R, n) float32 observed clicks, 0/1
     relevance: np.ndarray  # (R, n) float32 ground truth gain for NDCG (true click probability)
 
@@ -84,11 +84,11 @@ class Requests:
         r = self.user_features.shape[0]
         n = self.candidate_ids.shape[1] if self.candidate_ids.ndim == 2 else -1
         expected = {
-            "user_features": (r, signature.F_U),
+            "user_features": (r, contract.F_U),
             "history_ids": (r, self.history_ids.shape[-1]),
             "history_len": (r,),
             "candidate_ids": (r, n),
-            "candidate_features": (r, n, signature.F_C),
+            "candidate_features": (r, n, contract.F_C),
             "labels": (r, n),
             "relevance": (r, n),
         }
@@ -101,8 +101,8 @@ class Requests:
                 f"history_len must lie in 1..{self.history_ids.shape[1]}, "
                 f"got {self.history_len.min()}..{self.history_len.max()}"
             )
-        if self.history_ids.shape[1] > signature.L_MAX:
-            raise ValueError(f"history length {self.history_ids.shape[1]} exceeds L_MAX={signature.L_MAX}")
+        if self.history_ids.shape[1] > contract.L_MAX:
+            raise ValueError(f"history length {self.history_ids.shape[1]} exceeds L_MAX={contract.L_MAX}")
 
     def __len__(self) -> int:
         return int(self.user_features.shape[0])
@@ -225,7 +225,7 @@ class World:
         return EVAL_SEED
 
     def item_features(self, item_ids: np.ndarray) -> np.ndarray:
-        """Raw candidate features (..., F_C) int64 in signature.CANDIDATE_FEATURES order."""
+        """Raw candidate features (..., F_C) int64 in contract.CANDIDATE_FEATURES order."""
         ids = np.asarray(item_ids)
         if ids.size and (ids.min() < 0 or ids.max() >= self.cfg.n_items):
             raise ValueError(f"item ids must lie in 0..{self.cfg.n_items - 1}, got {ids.min()}..{ids.max()}")
@@ -234,7 +234,7 @@ class World:
         )
 
     def user_features(self, user_ids: np.ndarray) -> np.ndarray:
-        """Raw user features (..., F_U) int64 in signature.USER_FEATURES order."""
+        """Raw user features (..., F_U) int64 in contract.USER_FEATURES order."""
         u = np.asarray(user_ids)
         return np.stack([u, self.user_age[u], self.user_region[u], self.user_device[u]], axis=-1).astype(np.int64)
 
@@ -256,8 +256,8 @@ class World:
         """Like ``sample_requests`` and also return the hidden click-model quantities."""
         if n_requests < 1:
             raise ValueError(f"n_requests must be >= 1, got {n_requests}")
-        if not 1 <= n_candidates <= signature.N_MAX:
-            raise ValueError(f"n_candidates must lie in 1..{signature.N_MAX}, got {n_candidates}")
+        if not 1 <= n_candidates <= contract.N_MAX:
+            raise ValueError(f"n_candidates must lie in 1..{contract.N_MAX}, got {n_candidates}")
         rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, 1, seed]))
         req, comp = self._sample(rng, n_requests, n_candidates)
         logger.debug(
@@ -462,13 +462,13 @@ def _validate(cfg: WorldConfig) -> None:
             raise ValueError(f"WorldConfig.{name} must be >= 1, got {getattr(cfg, name)}")
     if cfg.n_items < cfg.n_topics:
         raise ValueError(f"WorldConfig.n_items ({cfg.n_items}) must be >= n_topics ({cfg.n_topics})")
-    if not cfg.history_min <= cfg.history_max <= signature.L_MAX:
+    if not cfg.history_min <= cfg.history_max <= contract.L_MAX:
         raise ValueError(
-            f"need 1 <= history_min ({cfg.history_min}) <= history_max ({cfg.history_max}) <= L_MAX ({signature.L_MAX})"
+            f"need 1 <= history_min ({cfg.history_min}) <= history_max ({cfg.history_max}) <= L_MAX ({contract.L_MAX})"
         )
     for name in ("train_candidates", "eval_candidates"):
-        if getattr(cfg, name) > signature.N_MAX:
-            raise ValueError(f"WorldConfig.{name} ({getattr(cfg, name)}) exceeds N_MAX ({signature.N_MAX})")
+        if getattr(cfg, name) > contract.N_MAX:
+            raise ValueError(f"WorldConfig.{name} ({getattr(cfg, name)}) exceeds N_MAX ({contract.N_MAX})")
 
 
 def make_world(cfg: WorldConfig) -> World:

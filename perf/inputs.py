@@ -10,7 +10,7 @@ tensor with an explicit shape, in the form perf_analyzer reads::
 ``ranking-n<N>.json`` feeds the ``adaptive_ranking`` ensemble (user side once per
 request); ``baseline-n<N>.json`` feeds ``per_candidate_baseline`` with the same requests,
 the user inputs tiled per candidate (``user_features`` [N, 4], ``history_ids`` [N, L]).
-Tensor names and dtypes come from export/signature.py. Integer tensors are written as
+Tensor names and dtypes come from serving/contract.py. Integer tensors are written as
 JSON integers, float tensors as JSON floats (perf_analyzer rejects ``1`` for FP32).
 """
 
@@ -26,8 +26,8 @@ import numpy as np
 
 from client.ranking_client import RankingRequest
 from export.config import PRESETS
-from export.signature import ADAPTIVE_RANKING, PER_CANDIDATE_BASELINE, ModelSignature, validate_inputs
 from export.world import World, make_world
+from serving.contract import ADAPTIVE_RANKING, PER_CANDIDATE_BASELINE, ModelSignature, validate_inputs
 
 log = logging.getLogger(__name__)
 

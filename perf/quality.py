@@ -8,7 +8,7 @@ world's ground-truth relevance (export/metrics.py), with requests drawn from a s
 that neither training nor the perf inputs use. ``probe_ms`` times single requests
 (after a warm-up) so the sweep can estimate, before running perf_analyzer, how long
 a point takes. The in-process figure is the same ONNX composition called directly
-(client/inprocess.py), median of repeated calls, for the serving-overhead ratio.
+(serving/inprocess.py), median of repeated calls, for the serving-overhead ratio.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from client.inprocess import InProcessRanker
 from client.ranking_client import RankingRequest, infer
 from export.metrics import ndcg_at_k
-from export.signature import PER_CANDIDATE_BASELINE
 from export.world import World
 from perf.inputs import tiled, world_requests
+from serving.contract import PER_CANDIDATE_BASELINE
+from serving.inprocess import InProcessRanker
 
 log = logging.getLogger(__name__)
 

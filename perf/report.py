@@ -68,7 +68,7 @@ def _overhead_and_throughput(summary: dict, manifest: dict) -> list[str]:
     lines = [
         "## Serving overhead", "",
         f"Route `{ip['route']}` at N={ip['n']}: served p50 {_f(o['served_p50_ms'])} ms (Triton, gRPC, ensemble, BLS) "
-        f"vs in-process {_f(o['inprocess_p50_ms'])} ms (client/inprocess.py, median of {ip['repeats']} calls, "
+        f"vs in-process {_f(o['inprocess_p50_ms'])} ms (serving/inprocess.py, median of {ip['repeats']} calls, "
         f"{ip['threads']} ONNX Runtime threads).", "",
         f"## Throughput (auto route, N={manifest['focus_n']})", "",
     ]  # fmt: skip

@@ -28,7 +28,6 @@ import asyncio
 import json
 import logging
 import re
-import shutil
 import tempfile
 import time
 import urllib.request
@@ -40,8 +39,6 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc.aio as grpcaio
 
-from client.inprocess import InProcessRanker
-from client.local_server import REPO_ROOT, ServerConfig, check_artifacts, run_server
 from client.ranking_client import (
     MODEL_NAME,
     RankingRequest,
@@ -52,11 +49,14 @@ from client.ranking_client import (
 )
 from export.config import PRESETS
 from export.world import make_world
-from model_repository.ranking import SENT_AT_PARAM
+from perf.repository import ranker_config, repository_copy
+from serving.contract import DEFAULT_ROUTE, FIXED_ROUTES, SENT_AT_PARAM
+from serving.inprocess import InProcessRanker
+from serving.server.launcher import REPO_ROOT, ServerConfig, check_artifacts, run_server
 
 log = logging.getLogger(__name__)
 
-ROUTES = ("light", "heavy", "cascade", "auto")
+ROUTES = (*FIXED_ROUTES, DEFAULT_ROUTE)
 SIZES = (16, 100, 700)
 TOP_K = 10
 RTOL, ATOL = 1e-5, 1e-6
@@ -145,12 +145,12 @@ def make_pool(size: int, seed: int) -> list[RankingRequest]:
     return pool
 
 
-def expected_pool(ranker: InProcessRanker, pool: list[RankingRequest], cascade_m: int) -> list[dict[str, tuple]]:
+def expected_pool(ranker: InProcessRanker, pool: list[RankingRequest]) -> list[dict[str, tuple]]:
     out = []
     for request in pool:
         per_route = {}
-        for route in ("light", "heavy", "cascade"):
-            r = ranker.rank(request.arrays(), route, TOP_K, cascade_m=cascade_m)
+        for route in FIXED_ROUTES:
+            r = ranker.rank(request.arrays(), route, TOP_K)
             per_route[route] = (r.top_ids, r.scores)
         out.append(per_route)
     return out
@@ -199,7 +199,6 @@ def run_soak(
     url: str,
     pgid: int | None,
     ranker: InProcessRanker,
-    cascade_m: int,
     requests: int,
     concurrency: int,
     budget_ms: float,
@@ -210,7 +209,7 @@ def run_soak(
     metrics_url: str | None = None,
 ) -> SoakReport:
     pool = make_pool(pool_size, seed=5000)
-    expected = expected_pool(ranker, pool, cascade_m)
+    expected = expected_pool(ranker, pool)
     asyncio.run(send_all(url, pool, min(requests, 4 * len(ROUTES) * 4), concurrency, budget_ms, timeout_s))  # warm-up
     before = process_rss_mb(pgid) if pgid else {}
     time.sleep(METRICS_SETTLE_S)
@@ -266,26 +265,6 @@ def run_soak(
     )
 
 
-def repository_copy(src: Path, dst: Path, load_window_ms: float | None) -> Path:
-    """A copy of ``src`` (artifacts included); the ranker's ``load_window_ms`` replaced in
-    both profiles if given (0 = auto plans as if nothing queued)."""
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    if load_window_ms is None:
-        return dst
-    for cfg in (dst / "ranker" / "config.pbtxt", dst / "ranker" / "configs" / "cpu.pbtxt"):
-        text = cfg.read_text()
-        new = re.sub(r'(key: "load_window_ms"\s*value: \{ string_value: )"[\d.]+"', rf'\1"{load_window_ms:g}"', text)
-        if new == text:
-            raise ValueError(f"no load_window_ms parameter found in {cfg}")
-        cfg.write_text(new)
-    return dst
-
-
-def cascade_m_of(repository: Path) -> int:
-    text = (repository / "ranker" / "config.pbtxt").read_text()
-    return int(re.search(r'key: "cascade_m"\s*value: \{ string_value: "(\d+)"', text)[1])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-repository", type=Path, default=REPO_ROOT / "model_repository")
@@ -299,20 +278,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     check_artifacts(args.model_repository)
-    ranker = InProcessRanker(args.model_repository)
+    # answers are checked against the composition with the served cascade M
+    ranker = InProcessRanker(args.model_repository, policy=ranker_config(args.model_repository).policy)
     with ExitStack() as stack:
         if args.url:
             url, pgid, metrics_url = args.url, None, None
         else:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="soak-")))
-            repo = repository_copy(args.model_repository, tmp / "repo", 0 if args.load_unaware else None)
+            unaware = {"load_window_ms": "0"} if args.load_unaware else None
+            repo = repository_copy(args.model_repository, tmp / "repo", unaware)
             server = stack.enter_context(run_server(ServerConfig(model_repository=repo, log_path=tmp / "server.log")))
             url, pgid, metrics_url = server.grpc_url, server.process.pid, server.metrics_url
         report = run_soak(
             url,
             pgid,
             ranker,
-            cascade_m_of(args.model_repository),
             args.requests,
             args.concurrency,
             args.budget_ms,

@@ -33,7 +33,12 @@ from pathlib import Path
 
 import tritonclient.grpc as grpcclient
 
-from client.local_server import (
+from client.ranking_client import MODEL_NAME, RankingRequest, infer
+from export.config import PRESETS
+from export.world import make_world
+from perf.sweep import exported_preset, hardware
+from serving.contract import ROUTES
+from serving.server.launcher import (
     REPO_ROOT,
     RunningServer,
     ServerConfig,
@@ -41,10 +46,6 @@ from client.local_server import (
     run_server,
     stub_processes,
 )
-from client.ranking_client import MODEL_NAME, RankingRequest, infer
-from export.config import PRESETS
-from export.world import make_world
-from perf.sweep import exported_preset, hardware
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ def profile(server: RunningServer, cfg: ProfileConfig, preset: str, out_dir: Pat
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--route", choices=("light", "heavy", "cascade", "auto"), default=ProfileConfig.route)
+    parser.add_argument("--route", choices=ROUTES, default=ProfileConfig.route)
     parser.add_argument("--n", type=int, default=ProfileConfig.n, help="candidates per request")
     parser.add_argument("--seconds", type=float, default=ProfileConfig.seconds, help="py-spy window per stub")
     parser.add_argument("--model-repository", type=Path, default=REPO_ROOT / "model_repository")

@@ -3,7 +3,7 @@
     .venv/bin/python -m perf.sweep --profile full --preset small   # make bench (then summary, plots, report)
     .venv/bin/python -m perf.sweep --profile smoke                 # make bench-smoke (whatever is exported)
 
-Starts Triton itself (client/local_server.py, CPU profile) on the exported models,
+Starts Triton itself (serving/server/launcher.py, CPU profile) on the exported models,
 writes the input JSON (perf/inputs.py), then for every N runs perf_analyzer on
 ``adaptive_ranking`` once per route over the concurrency levels, and on
 ``per_candidate_baseline`` at concurrency 1 unless one request would take longer than
@@ -26,15 +26,15 @@ from pathlib import Path
 
 import tritonclient.grpc as grpcclient
 
-from client.local_server import REPO_ROOT, RunningServer, ServerConfig, check_artifacts, run_server
 from client.ranking_client import RankingRequest
 from export.config import PRESETS
-from export.signature import ADAPTIVE_RANKING, PER_CANDIDATE_BASELINE, ROUTES
 from export.world import make_world
 from perf.analyzer import Job, Run, Window, run_analyzer
 from perf.inputs import N_BUCKETS, world_requests, write_inputs
 from perf.parse import parse_composing
 from perf.quality import inprocess_p50_ms, probe_ms, served_ndcg
+from serving.contract import ADAPTIVE_RANKING, PER_CANDIDATE_BASELINE, ROUTES
+from serving.server.launcher import REPO_ROOT, RunningServer, ServerConfig, check_artifacts, run_server
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from client.local_server import REPO_ROOT, RunningServer, ServerConfig, check_artifacts, run_server
+from serving.server.launcher import REPO_ROOT, RunningServer, ServerConfig, check_artifacts, run_server
 
 
 @pytest.fixture(scope="session")

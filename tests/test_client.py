@@ -22,12 +22,13 @@ from tritonclient.utils import InferenceServerException
 
 from client.async_client import infer_many, summarize
 from client.cli import EXIT_ERROR, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, main
-from client.local_server import REPO_ROOT, RunningServer, ServerConfig, free_port, run_server
-from client.ranking_client import RankingRequest, RankingResult, infer
+from client.ranking_client import RankingRequest, infer
 from client.request_file import RequestFileError, load_request, request_to_json
 from client.shared_memory import SharedMemoryError, admin_headers, cuda_shared_memory_module, infer_shared_memory
 from export.config import PRESETS
 from export.world import World, make_world
+from serving.contract import RankingResult
+from serving.server.launcher import REPO_ROOT, RunningServer, ServerConfig, free_port, run_server
 
 PROTOCOLS = ("grpc", "http")
 RTOL, ATOL = 1e-5, 1e-6  # as tests/test_serving.py: the same server may block sums differently per call

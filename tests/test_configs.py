@@ -1,4 +1,4 @@
-"""Every hand-written Triton config against export/signature.py and the exported ONNX graphs.
+"""Every hand-written Triton config against serving/contract.py and the exported ONNX graphs.
 
 Parses ``model_repository/*/config.pbtxt`` and ``model_repository/*/configs/*.pbtxt``
 with protobuf ``text_format`` into Triton's ``ModelConfig`` and checks names, dtypes,
@@ -10,6 +10,7 @@ a missing artifact fails with a message naming it.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +19,13 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export.signature import DIM_LIMITS, ENGINE_MODELS, MODELS, ModelSignature, TensorSpec
-from model_repository.routing import TIERS
-from model_repository.tensors import LIBRARIES
+from serving.arrays import LIBRARIES
+from serving.contract import DIM_LIMITS, ENGINE_MODELS, MODELS, ModelSignature, TensorSpec
+from serving.ranker import RankerConfig
 
 REPO = Path(__file__).resolve().parents[1] / "model_repository"
 CONFIG_FILES = sorted(REPO.glob("*/config.pbtxt")) + sorted(REPO.glob("*/configs/*.pbtxt"))
 ENSEMBLE = "adaptive_ranking"
-RANKER_PY = REPO / "ranker" / "1" / "model.py"
 
 # Triton config spelling of each signature dtype (BYTES is TYPE_STRING in configs).
 CONFIG_DTYPE = {"INT64": "TYPE_INT64", "INT32": "TYPE_INT32", "FP32": "TYPE_FP32", "BYTES": "TYPE_STRING"}
@@ -89,21 +89,9 @@ def test_engine_profiles(name: str):
     assert cpu.backend == "python" and not cpu.platform
     assert cpu.instance_group
     assert all(g.kind == mc.ModelInstanceGroup.KIND_CPU for g in cpu.instance_group)
-    # The shared runner (model_repository/onnx_runner.py) reads these as ints.
+    # The engine model (serving/triton/onnx_model.py) reads these as ints.
     assert int(cpu.parameters["intra_op_threads"].string_value) >= 1
     assert (REPO / name / "1" / "model.py").is_file()
-
-
-def _ranker_parameter_reads() -> dict[str, type]:
-    """{parameter key: int or float} for every ``int(p["..."])`` / ``float(p[f"{t}_..."])`` in ranker model.py."""
-    source = RANKER_PY.read_text()
-    casts = {"int": int, "float": float}
-    reads = {key: casts[cast] for cast, key in re.findall(r'\b(int|float)\(p\["(\w+)"\]\)', source)}
-    for cast, suffix in re.findall(r'\b(int|float)\(p\[f"\{t\}_(\w+)"\]\)', source):
-        reads.update({f"{tier}_{suffix}": casts[cast] for tier in TIERS})
-    all_reads = re.findall(r'\bp\[f?"', source)
-    assert len(all_reads) == len(re.findall(r'\b(?:int|float)\(p\[f?"', source)), "unparsed p[...] read"
-    return reads
 
 
 RANKER_PROFILES = ["config.pbtxt", "configs/cpu.pbtxt"]
@@ -112,16 +100,15 @@ RANKER_PROFILE_PARAMETERS = ("FORCE_CPU_ONLY_INPUT_TENSORS", "tensor_library")
 
 
 @pytest.mark.parametrize("profile", RANKER_PROFILES, ids=["gpu", "cpu"])
-def test_ranker_config_has_every_parameter_it_reads(profile: str):
+def test_ranker_config_is_the_code_default(profile: str):
+    """The ranker's parameters parse into RankerConfig (unknown keys refused) and are its defaults:
+    evaluation, perf and the demo read the same values from serving.ranker."""
     cfg = load_config(REPO / "ranker" / profile)
     assert cfg.backend == "python"
-    reads = _ranker_parameter_reads()
-    assert {"micro_batch", "cascade_m", "default_top_k", "light_fixed_ms", "heavy_per_candidate_ms"} <= set(reads)
-    missing = set(reads) - set(cfg.parameters)
-    assert not missing, f"ranker/{profile} lacks parameters {sorted(missing)}"
-    for key, cast in reads.items():
-        value = cast(cfg.parameters[key].string_value)  # raises if unparseable
-        assert np.isfinite(value) and value >= 0, f"parameter {key}={value}"
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert set(params) == set(RankerConfig().parameters()) | {"FORCE_CPU_ONLY_INPUT_TENSORS"}
+    parsed = RankerConfig.from_parameters(params)
+    assert replace(parsed, tensor_library="numpy") == RankerConfig()
 
 
 def test_ranker_profiles():

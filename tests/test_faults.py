@@ -1,6 +1,6 @@
 """Faults: a failing or slow heavy scorer, and a Python stub that dies.
 
-1. ``pipeline.rank`` with a scripted ``ScoreFn`` (no server): inside cascade and auto
+1. ``serving.ranker.rank`` with a scripted ``ScoreFn`` (no server): inside cascade and auto
    a heavy failure or a heavy stage past the budget falls back to the light ranking
    with route "light"; an explicit heavy route raises ``ScorerError``.
 2. The real server on a copy of the model repository (tmp_path) whose
@@ -11,7 +11,7 @@
 3. A Python stub killed with SIGKILL (found by its command line among the server's
    process group): Triton 2.51 does not restart it; requests that reach it fail at once
    naming the stub, the other models keep serving, and a server restart recovers.
-4. The same under client/supervisor.py on a copy of the repository: a stub killed with
+4. The same under serving/server/supervisor.py on a copy of the repository: a stub killed with
    SIGKILL, a request that kills a stub and a request that aborts the server are each
    followed by a restart on the same ports and, within RECOVERY_S, the ranking from
    before the fault (the downtime, fault to first correct answer, is printed).
@@ -35,8 +35,14 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from client.inprocess import InProcessRanker
-from client.local_server import (
+from client.ranking_client import RankingRequest, infer
+from perf.repository import repository_copy
+from serving.composition import SharedState
+from serving.contract import RankingResult
+from serving.inprocess import InProcessRanker
+from serving.ranker import RankerState, RequestTime, ScorerError, rank
+from serving.routing import CostModel, RoutePolicy, TierCost
+from serving.server.launcher import (
     REPO_ROOT,
     RunningServer,
     ServerConfig,
@@ -44,14 +50,10 @@ from client.local_server import (
     run_server,
     stub_processes,
 )
-from client.ranking_client import RankingRequest, RankingResult, infer
-from client.supervisor import Supervisor, SupervisorConfig, Verdict, judge, supervised_server
-from model_repository.pipeline import RankerState, ScorerError, SharedState, rank
-from model_repository.routing import CostModel, RoutePolicy, TierCost
-from perf.soak import repository_copy
+from serving.server.supervisor import Supervisor, SupervisorConfig, Verdict, judge, supervised_server
 from tests.test_serving import metric, settled_metrics
 
-# --- 1. pipeline.rank without a server ------------------------------------------------------------
+# --- 1. ranker.rank without a server ------------------------------------------------------------
 
 N, K, D, C, E = 40, 5, 4, 4, 3
 PRIORS = {"light": TierCost(1.0, 0.001), "heavy": TierCost(2.0, 0.01)}
@@ -85,7 +87,7 @@ def scripted(heavy: str, delay_s: float = 0.0):
 
 
 def _light_only() -> np.ndarray:
-    return asyncio.run(rank(scripted("ok"), _state(), _shared(), _emb(), "light", K, 100.0)).scores
+    return asyncio.run(rank(scripted("ok"), _state(), _shared(), _emb(), "light", K, RequestTime.now(100.0))).scores
 
 
 @pytest.mark.parametrize(
@@ -99,7 +101,8 @@ def _light_only() -> np.ndarray:
 )
 def test_rank_falls_back_to_light(route, budget_ms, heavy, delay_s, reason):
     start = time.perf_counter()
-    result = asyncio.run(rank(scripted(heavy, delay_s), _state(), _shared(), _emb(), route, K, budget_ms))
+    timing = RequestTime.now(budget_ms)
+    result = asyncio.run(rank(scripted(heavy, delay_s), _state(), _shared(), _emb(), route, K, timing))
     assert time.perf_counter() - start < 0.9  # a late heavy stage is abandoned at the budget, not awaited
     assert result.route == "light" and result.fallback == reason
     assert "scorer_heavy" in result.fallback_detail
@@ -108,14 +111,15 @@ def test_rank_falls_back_to_light(route, budget_ms, heavy, delay_s, reason):
 
 
 def test_rank_heavy_on_time_is_not_a_fallback():
-    result = asyncio.run(rank(scripted("slow", 0.01), _state(), _shared(), _emb(), "cascade", K, 5000.0))
+    timing = RequestTime.now(5000.0)
+    result = asyncio.run(rank(scripted("slow", 0.01), _state(), _shared(), _emb(), "cascade", K, timing))
     assert result.route == "cascade" and result.fallback is None
     assert result.candidates_scored == {"light": N, "heavy": 8}
 
 
 def test_rank_explicit_heavy_raises():
     with pytest.raises(ScorerError, match="scorer_heavy"):
-        asyncio.run(rank(scripted("fail"), _state(), _shared(), _emb(), "heavy", K, 1e4))
+        asyncio.run(rank(scripted("fail"), _state(), _shared(), _emb(), "heavy", K, RequestTime.now(1e4)))
 
 
 # --- 2. the real server with an injected heavy fault ----------------------------------------------
@@ -127,10 +131,10 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from model_repository.onnx_runner import OnnxRunner
+from serving.triton.onnx_model import OnnxModel
 
 
-class TritonPythonModel(OnnxRunner):
+class TritonPythonModel(OnnxModel):
     def initialize(self, args):
         super().initialize(args)
         self.mode_file = Path(args["model_repository"]) / "fault_mode"
@@ -149,7 +153,7 @@ class TritonPythonModel(OnnxRunner):
 def copy_repository(dst: Path) -> Path:
     src = REPO_ROOT / "model_repository"
     check_artifacts(src)
-    return repository_copy(src, dst, None)
+    return repository_copy(src, dst)
 
 
 @pytest.fixture(scope="module")
@@ -270,10 +274,10 @@ def test_killed_stub_fails_fast_and_a_restart_recovers(fault_server, client, ran
             time.sleep(0.2)
     assert time.monotonic() - start < 10, "a dead stub must fail requests fast, not hang them"
     assert server.process.poll() is None and client.is_server_live()
-    light_direct = ranker.shared_state(request.arrays())  # scorer_light alone still serves
+    light_direct = ranker.chain(request.arrays())  # scorer_light alone still serves
     inputs = {
-        "user_state": light_direct["user_state"],
-        "candidate_emb": light_direct["candidate_emb"],
+        "user_state": light_direct.tower["user_state"],
+        "candidate_emb": light_direct.candidate_emb,
         "candidate_user": np.zeros(request.candidate_ids.size, dtype=np.int64),
     }
     tensors = []
@@ -282,7 +286,7 @@ def test_killed_stub_fails_fast_and_a_restart_recovers(fault_server, client, ran
         t.set_data_from_numpy(array)
         tensors.append(t)
     scores = client.infer("scorer_light", tensors).as_numpy("scores")
-    np.testing.assert_allclose(scores, ranker.score("light", light_direct, light_direct["candidate_emb"]), rtol=1e-5)
+    np.testing.assert_allclose(scores, ranker.score("light", light_direct, light_direct.candidate_emb), rtol=1e-5)
     client.close()
     server.process.kill()  # a server with a dead stub ignores SIGINT for its whole stop timeout
     with run_server(ServerConfig(model_repository=repo, log_path=repo.parent / "restarted.log")) as restarted:

@@ -23,10 +23,10 @@ from export.models import RankingModel
 from export.onnx_eval import PIPELINE
 from export.qdq import FP8_ZERO_POINT, quantize_e4m3
 from export.samples import random_inputs
-from export.signature import ENGINE_MODELS
 from export.train import checkpoint_key, load_checkpoint
 from export.world import make_world
-from model_repository.engine import make_session
+from serving.contract import ENGINE_MODELS
+from serving.onnx_session import make_session
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = PRESETS["tiny"]

@@ -37,12 +37,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from client.inprocess import InProcessRanker
-from client.local_server import REPO_ROOT
 from client.ranking_client import MODEL_NAME, RankingRequest, infer
-from export.signature import ADAPTIVE_RANKING, REQUEST_PARAMETERS, ROUTES, RequestError, validate_inputs
-from model_repository.pipeline import SharedState, scorer_inputs
-from model_repository.ranking import parse_parameters, parse_top_k
+from serving.contract import ADAPTIVE_RANKING, REQUEST_PARAMETERS, ROUTES, RequestError, validate_inputs
+from serving.inprocess import InProcessRanker
+from serving.request import parse_parameters, parse_top_k
+from serving.server.launcher import REPO_ROOT
 
 MAX_EXAMPLES = 250
 CALL_TIMEOUT_S = 30.0  # a hang fails the test instead of blocking it
@@ -297,13 +296,11 @@ def float_inputs(ranker: InProcessRanker) -> dict[str, dict[str, np.ndarray]]:
         rng.integers(0, 500, 60).astype(np.int64),
         rng.integers(0, 6, (60, 3)).astype(np.int64),
     )
-    state = ranker.shared_state(request.arrays())
-    shared = SharedState.from_tower(state["user_state"], state["history_kv"])
-    ranker_inputs = {k: state[k] for k in ("user_state", "history_kv", "candidate_emb")}
+    chain = ranker.chain(request.arrays())
     return {
-        "scorer_light": scorer_inputs("light", shared, state["candidate_emb"]),
-        "scorer_heavy": scorer_inputs("heavy", shared, state["candidate_emb"]),
-        "ranker": {**ranker_inputs, "candidate_ids": request.candidate_ids},
+        "scorer_light": chain.scorer_inputs("light"),
+        "scorer_heavy": chain.scorer_inputs("heavy"),
+        "ranker": chain.ranker_inputs(),
         "public": request.arrays(),
     }
 

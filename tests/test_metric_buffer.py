@@ -1,10 +1,10 @@
-"""MetricBuffer: the ranker's batched custom-metric updates (model_repository/metric_buffer.py)."""
+"""MetricBuffer: the ranker's batched custom-metric updates (serving/triton/metric_buffer.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from model_repository.metric_buffer import MetricBuffer
+from serving.triton.metric_buffer import MetricBuffer
 
 
 class Clock:

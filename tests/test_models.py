@@ -23,8 +23,8 @@ from export.serving import (
     ScorerHeavyServing,
     UserTowerServing,
 )
-from export.signature import C_TOKENS, EMBEDDED_FEATURES, EMBEDDING_LOOKUP, F_U, L_MAX, USER_FEATURES
 from export.train import build_model
+from serving.contract import C_TOKENS, EMBEDDED_FEATURES, EMBEDDING_LOOKUP, F_U, L_MAX, USER_FEATURES
 
 # FP32, same math in a different summation order / matmul shape.
 TOL = {"rtol": 1e-5, "atol": 1e-5}

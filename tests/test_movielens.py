@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export import signature
 from export.config import WorldConfig, cardinalities
 from export.movielens import load_movielens
+from serving import contract as signature
 
 MOVIES = [
     (1, "Toy Story (1995)", "Animation|Children's|Comedy"),

@@ -22,8 +22,8 @@ from export.models import RankingModel
 from export.onnx_export import OPSET, export_model, model_dims
 from export.samples import random_inputs
 from export.serving import SERVING_MODULES
-from export.signature import B_MAX, ENGINE_MODELS, L_MAX, N_MAX
 from export.train import build_model
+from serving.contract import B_MAX, ENGINE_MODELS, L_MAX, N_MAX
 
 EXACT = {"rtol": 0.0, "atol": 0.0}
 FP32 = {"rtol": 1e-4, "atol": 1e-5}

@@ -23,11 +23,12 @@ import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from client.inprocess import InProcessRanker
-from client.local_server import REPO_ROOT, ServerConfig, run_server
 from client.ranking_client import infer
-from export.signature import ENGINE_MODELS
-from perf.soak import cascade_m_of, make_pool, repository_copy, run_soak, send_all
+from perf.repository import ranker_config, repository_copy
+from perf.soak import make_pool, run_soak, send_all
+from serving.contract import ENGINE_MODELS
+from serving.inprocess import InProcessRanker
+from serving.server.launcher import REPO_ROOT, ServerConfig, run_server
 from tests.test_faults import FAULTY_HEAVY
 
 REPOSITORY = REPO_ROOT / "model_repository"
@@ -70,7 +71,7 @@ def _tighten(repo: Path) -> None:
 
 
 def test_overload_is_refused_at_once_and_answers_stay_correct(tmp_path: Path):
-    repo = repository_copy(REPOSITORY, tmp_path / "repo", None)
+    repo = repository_copy(REPOSITORY, tmp_path / "repo")
     _tighten(repo)
     # A heavy scorer that takes 1 s per call (tests/test_faults.py's test-only wrapper): the two
     # ranker instances stay busy while the whole burst arrives (1-3 s on 2 cores), whatever the speed.
@@ -104,12 +105,11 @@ def test_overload_is_refused_at_once_and_answers_stay_correct(tmp_path: Path):
 
 
 def test_short_soak(triton_server, record_property):
-    ranker = InProcessRanker(REPOSITORY)
+    ranker = InProcessRanker(REPOSITORY, policy=ranker_config(REPOSITORY).policy)
     report = run_soak(
         triton_server.grpc_url,
         triton_server.process.pid,
         ranker,
-        cascade_m_of(REPOSITORY),
         requests=600,
         concurrency=32,
         budget_ms=50.0,

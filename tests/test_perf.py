@@ -15,9 +15,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from client.local_server import REPO_ROOT, RunningServer
 from export.config import PRESETS
-from export.signature import ADAPTIVE_RANKING, F_C, F_U, PER_CANDIDATE_BASELINE
 from export.world import make_world
 from perf.analyzer import Window, concurrency_range
 from perf.inputs import input_data, tensor_entry, tiled, world_requests, write_inputs
@@ -28,6 +26,8 @@ from perf.stub_profile import STAT_PARTS, ProfileConfig, breakdown, markdown, pr
 from perf.summary import check_schema, write_summary
 from perf.sweep import SweepConfig, _baseline, exported_preset, finish, sweep
 from perf.targets import MET, MISSED, NOT_MEASURED, evaluate_targets
+from serving.contract import ADAPTIVE_RANKING, F_C, F_U, PER_CANDIDATE_BASELINE
+from serving.server.launcher import REPO_ROOT, RunningServer
 
 # perf_analyzer -f output (rows sorted by throughput, latencies in usec), with --verbose-csv's extra columns.
 PA_CSV = """\

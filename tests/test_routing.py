@@ -1,11 +1,11 @@
-"""Unit tests of model_repository/routing.py: the learned cost model and the auto route."""
+"""Unit tests of serving/routing.py: the learned cost model and the auto route."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from model_repository.routing import (
+from serving.routing import (
     AutoPlan,
     CostModel,
     RoutePolicy,
@@ -95,18 +95,13 @@ def test_cost_model_constrained_fits(observations, expected):
     assert got.per_candidate_ms == pytest.approx(expected.per_candidate_ms, abs=1e-12)
 
 
-def test_snapshot():
+def test_learned_once_min_observations_arrived():
     cost = _cost(min_observations=2)
     cost.observe("light", 10, 1.2)
     cost.observe("light", 20, 1.4)
-    snap = cost.snapshot()
-    assert snap["light"] == {
-        "fixed_ms": pytest.approx(1.0),
-        "per_candidate_ms": pytest.approx(0.02),
-        "observations": 2,
-        "learned": True,
-    }
-    assert snap["heavy"] == {"fixed_ms": 5.0, "per_candidate_ms": 0.1, "observations": 0, "learned": False}
+    light = cost.cost("light")
+    assert (light.fixed_ms, light.per_candidate_ms) == (pytest.approx(1.0), pytest.approx(0.02))
+    assert cost.cost("heavy") == PRIORS["heavy"]  # no observations: the prior
 
 
 @pytest.mark.parametrize(

@@ -31,13 +31,14 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from client.inprocess import InProcessRanker
-from client.local_server import REPO_ROOT
-from client.ranking_client import MODEL_NAME, RankingRequest, RankingResult, infer
+from client.ranking_client import MODEL_NAME, RankingRequest, infer
 from export.config import PRESETS
-from export.signature import ADAPTIVE_RANKING, L_MAX, N_MAX
 from export.world import World, make_world
-from model_repository.ranking import top_k_indices
+from serving.arrays import top_k_indices
+from serving.contract import ADAPTIVE_RANKING, L_MAX, N_MAX, RankingResult
+from serving.inprocess import InProcessRanker
+from serving.routing import RoutePolicy
+from serving.server.launcher import REPO_ROOT
 
 REPOSITORY = REPO_ROOT / "model_repository"
 CONFIG_NAME = "cpu"  # the profile conftest.py serves
@@ -67,7 +68,7 @@ def world() -> World:
 
 @pytest.fixture(scope="module")
 def ranker() -> InProcessRanker:
-    return InProcessRanker(REPOSITORY)
+    return InProcessRanker(REPOSITORY, policy=RoutePolicy(cascade_m=CASCADE_M))
 
 
 def world_request(world: World, n: int, seed: int, row: int = 0) -> RankingRequest:
@@ -76,7 +77,7 @@ def world_request(world: World, n: int, seed: int, row: int = 0) -> RankingReque
 
 def expected(ranker: InProcessRanker, request: RankingRequest, route: str, top_k: int | None = None) -> RankingResult:
     k = DEFAULT_TOP_K if top_k is None else top_k
-    return ranker.rank(request.arrays(), route, k, cascade_m=CASCADE_M)
+    return ranker.rank(request.arrays(), route, k)
 
 
 def assert_same(served: RankingResult, want: RankingResult) -> None:
@@ -119,9 +120,9 @@ def test_cascade_rescores_exactly_top_m(grpc_client, world, ranker, n, seed, top
     request = world_request(world, n, seed)
     m = max(CASCADE_M, top_k)
     assert n > m
-    state = ranker.shared_state(request.arrays())
-    light = ranker.score("light", state, state["candidate_emb"])
-    heavy = ranker.score("heavy", state, state["candidate_emb"])  # every candidate, one call
+    chain = ranker.chain(request.arrays())
+    light = ranker.score("light", chain, chain.candidate_emb)
+    heavy = ranker.score("heavy", chain, chain.candidate_emb)  # every candidate, one call
     top = top_k_indices(light, m)
     rest = np.setdiff1d(np.arange(n), top)
 

@@ -2,10 +2,10 @@
 
 A copy of the model repository under tmp_path gets the tiny FP8 graphs as model.onnx
 (export/fp8.py, serve=True); a second server runs on it (the shared model_repository is not
-touched). The model.py files import model_repository.* from the server's working directory
-(REPO_ROOT, client/local_server.run_server), so the copy only needs the models' folders.
+touched). The model.py files import ``serving`` (installed into the venv), so the copy only
+needs the models' folders.
 
-engine.make_session gives QDQ graphs ONNX Runtime's basic optimization level: the extended
+onnx_session.make_session gives QDQ graphs ONNX Runtime's basic optimization level: the extended
 QDQ fusions of 1.31 reject float8 Q/DQ pairs or mis-compute them.
 """
 
@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from client.local_server import REPO_ROOT, RunningServer, ServerConfig, run_server
 from client.ranking_client import RankingRequest, infer
 from export.config import PRESETS
 from export.fp8 import run_fp8
 from export.onnx_eval import PIPELINE, model_inputs
-from export.signature import ENGINE_MODELS
 from export.world import make_world
-from model_repository.engine import make_session, run_checked
+from serving.contract import ENGINE_MODELS
+from serving.onnx_session import make_session, run_checked
+from serving.server.launcher import REPO_ROOT, RunningServer, ServerConfig, run_server
 from tests.test_fp8 import trained_tiny
 
 PRESET = PRESETS["tiny"]

@@ -9,7 +9,7 @@ the code path the GPU runs, on CPU tensors (the stub imports the venv's CPU torc
 
 Every answer is compared with the session server's (tests/conftest.py), which serves the
 NumPy path on the same ONNX files: the same requests must give identical answers, bit for
-bit (same scorer inputs, single-threaded ONNX Runtime, and tensors.py reproduces the NumPy
+bit (same scorer inputs, single-threaded ONNX Runtime, and serving/arrays.py reproduces the NumPy
 arithmetic exactly). Bad inputs must get the same INVALID_ARGUMENT message naming the input.
 """
 
@@ -25,11 +25,11 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
-from client.inprocess import InProcessRanker
-from client.local_server import REPO_ROOT, RunningServer, ServerConfig, check_artifacts, run_server
-from client.ranking_client import RankingRequest, RankingResult, infer
-from export.signature import RANKER
-from perf.soak import repository_copy
+from client.ranking_client import RankingRequest, infer
+from perf.repository import repository_copy
+from serving.contract import RANKER, RankingResult
+from serving.inprocess import InProcessRanker
+from serving.server.launcher import REPO_ROOT, RunningServer, ServerConfig, check_artifacts, run_server
 from tests.test_faults import stub_pids
 from tests.test_serving import raw_inputs
 
@@ -51,7 +51,7 @@ def torch_profile_on_cpu() -> str:
 def torch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     root = tmp_path_factory.mktemp("torch_path")
     check_artifacts(REPOSITORY)
-    repo = repository_copy(REPOSITORY, root / "repo", None)
+    repo = repository_copy(REPOSITORY, root / "repo")
     (repo / "ranker" / "configs" / "cpu.pbtxt").write_text(torch_profile_on_cpu())
     with run_server(ServerConfig(model_repository=repo, log_path=root / "server.log")) as server:
         yield server
@@ -138,9 +138,8 @@ def inprocess() -> InProcessRanker:
 
 def ranker_arrays(inprocess: InProcessRanker, seed: int, n: int = 40) -> dict[str, np.ndarray]:
     """The ranker's own inputs (what the ensemble hands it) for one request, from the same ONNX files."""
-    state = inprocess.shared_state(a_request(seed, n).arrays())
-    arrays = {name: state[name] for name in ("user_state", "history_kv", "candidate_emb")}
-    return {**arrays, "candidate_ids": np.arange(n, dtype=np.int64) * 3}
+    inputs = inprocess.chain(a_request(seed, n).arrays()).ranker_inputs()
+    return {**inputs, "candidate_ids": np.arange(n, dtype=np.int64) * 3}
 
 
 def infer_ranker(client: grpcclient.InferenceServerClient, arrays: dict[str, np.ndarray], route: str) -> dict:

@@ -21,7 +21,7 @@ from export.profiles import (
     profile,
     stamp,
 )
-from export.signature import DIM_LIMITS, ENGINE_MODELS, SCORER_HEAVY, SCORER_LIGHT, USER_TOWER
+from serving.contract import DIM_LIMITS, ENGINE_MODELS, SCORER_HEAVY, SCORER_LIGHT, USER_TOWER
 
 REPO = Path(__file__).resolve().parents[1] / "model_repository"
 CONFIG_DTYPE = {"INT64": "TYPE_INT64", "INT32": "TYPE_INT32", "FP32": "TYPE_FP32"}

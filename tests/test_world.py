@@ -8,7 +8,6 @@ import time
 import numpy as np
 import pytest
 
-from export import signature
 from export.config import PRESETS, WorldConfig, cardinalities
 from export.metrics import auc, ndcg_at_k
 from export.world import (
@@ -21,6 +20,7 @@ from export.world import (
     World,
     make_world,
 )
+from serving import contract as signature
 
 TINY = PRESETS["tiny"].world
 SMALL = PRESETS["small"].world

@@ -1,20 +1,7 @@
-"""Request parsing and score arithmetic for the `ranker` BLS model.
+"""The ranker's request parameters and ``top_k``, validated.
 
-The Triton Python backend's ``model.py`` keeps only its lifecycle methods; every
-decision it makes on a request lives here as a pure function, so it is unit-tested
-without a server. ``top_k_indices`` and ``cascade_merge`` (implemented in
-``model_repository/tensors.py``) take NumPy arrays or torch tensors, so the request
-path runs on either profile's arrays; the rest works on NumPy (``parse_top_k`` copies a
-one-element tensor to the host). Imports: numpy, stdlib, ``export.signature`` and
-``tensors`` (this runs inside the Triton stub: no torch import, no triton).
-
-Symbols (as in export/signature.py):
-    N   candidates of the request            1 <= N <= N_MAX
-    M   candidates the heavy tier re-scores  1 <= M <= N (cascade route)
-    K   results returned                     1 <= K <= N
-
-Bad requests raise ``RequestError`` (the model answers INVALID_ARG with its
-message); misuse by the caller raises ``ValueError``.
+Bad requests raise ``RequestError`` (answered INVALID_ARG with its message); a caller's
+misuse raises ``ValueError``.
 """
 
 from __future__ import annotations
@@ -27,27 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from export.signature import REQUEST_PARAMETERS, ROUTES, RequestError
-from model_repository.tensors import Array, cascade_merge, to_numpy, top_k_indices
+from serving.arrays import Array, to_numpy, validate_inputs
+from serving.contract import BUDGET_PARAM, DEFAULT_ROUTE, RANKER, ROUTE_PARAM, ROUTES, SENT_AT_PARAM, RequestError
 
-__all__ = [  # top_k_indices and cascade_merge are re-exported: callers import them from here
-    "RequestOptions",
-    "cascade_merge",
-    "light_confidence",
-    "micro_batches",
-    "parse_parameters",
-    "parse_top_k",
-    "top_k_indices",
-]
-
-ROUTE_PARAM = "route"
-BUDGET_PARAM = "latency_budget_ms"
-# When the client sent the request (Unix ms): the budget then counts from there, so the time the
-# request queued before the ranker is spent budget. Clocks must agree to a few ms (one host, NTP).
-SENT_AT_PARAM = "sent_at_unix_ms"
-MAX_CLOCK_AHEAD_MS = 1_000.0  # a stamp further in the future is a broken clock, not skew
-assert {ROUTE_PARAM, BUDGET_PARAM} == set(REQUEST_PARAMETERS), "export.signature changed its request parameters"
-DEFAULT_ROUTE = "auto"
+# Clocks must agree to a few ms (one host, NTP); a stamp further ahead is a broken clock, not skew.
+MAX_CLOCK_AHEAD_MS = 1_000.0
 
 
 @dataclass(frozen=True)
@@ -147,54 +118,18 @@ def parse_top_k(top_k: Array | None, n: int, default_k: int) -> int:
     return min(k, n)
 
 
-def micro_batches(n: int, size: int) -> list[slice]:
-    """Split 0..n into ceil(n / size) contiguous, balanced slices, in order.
+@dataclass(frozen=True)
+class RankerRequest:
+    """A ranker request that passed validation: its parameters and K."""
 
-    Balanced (lengths differ by at most one) so concurrent scorer calls finish
-    together: n=1025, size=512 gives 342, 342, 341 instead of 512, 512, 1.
-    n = 0 gives no slices.
-    """
-    if size < 1:
-        raise ValueError(f"micro-batch size must be >= 1, got {size}")
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    if n == 0:
-        return []
-    count = -(-n // size)
-    base, extra = divmod(n, count)  # the first `extra` slices get one more
-    out, start = [], 0
-    for i in range(count):
-        stop = start + base + (i < extra)
-        out.append(slice(start, stop))
-        start = stop
-    return out
+    options: RequestOptions
+    k: int
 
 
-def light_confidence(light: np.ndarray, k: int) -> float:
-    """Confidence in [0, 1] that light's top-k set [N] -> k is the right set.
-
-    Formula, with s the scores sorted descending (s[0] the best):
-        gap     = s[k-1] - s[k]                  (the margin at the top-k boundary)
-        spacing = (s[0] - s[N-1]) / (N - 1)      (the mean gap between neighbours)
-        conf    = gap / (gap + spacing)
-    A boundary gap equal to a typical gap gives 0.5, nine typical gaps 0.9; a clear
-    break between k winners and the rest approaches 1; ties at the boundary (or all
-    scores equal) give 0. k >= N gives 1.0: every candidate is returned. Non-finite
-    scores give 0 (nothing to trust). O(N) via np.partition.
-    """
-    if light.ndim != 1:
-        raise ValueError(f"light must be 1-D, got shape {list(light.shape)}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    n = light.shape[0]
-    if k >= n:
-        return 1.0
-    s = light.astype(np.float64)
-    if not np.all(np.isfinite(s)):
-        return 0.0
-    neg = np.partition(-s, [k - 1, k])
-    gap = float(neg[k] - neg[k - 1])  # s[k-1] - s[k] >= 0
-    spacing = float(s.max() - s.min()) / (n - 1)
-    if gap <= 0.0:
-        return 0.0
-    return gap / (gap + spacing)
+def parse_request(
+    inputs: dict[str, Array], raw_parameters: str | dict | None, default_budget_ms: float, default_top_k: int
+) -> RankerRequest:
+    """Validate a ranker request's inputs (contract.RANKER), parameters and ``top_k``."""
+    sizes = validate_inputs(RANKER, inputs)
+    options = parse_parameters(raw_parameters, default_budget_ms)
+    return RankerRequest(options, parse_top_k(inputs.get("top_k"), sizes["N"], default_top_k))

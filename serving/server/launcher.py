@@ -1,25 +1,15 @@
-"""Start the Triton server bundled with nvidia-pytriton on a model repository.
+"""Start the Triton server bundled with nvidia-pytriton (2.51.0) on a model repository.
 
-No Docker, no GPU: the ``tritonserver`` binary, the Python backend and its stubs
-come from the ``nvidia-pytriton`` wheel (server 2.51.0). Run it with::
-
-    python -m client.local_server --model-repository model_repository --config-name cpu \
-        --http-port 8000 --grpc-port 8001 --metrics-port 8002
-
-It waits until the server is ready, logs the URLs and stops it on Ctrl-C / SIGTERM.
-With ``--supervise`` it also probes every model and restarts the server (same ports)
-when a Python stub dies or the server exits (client/supervisor.py).
-As a library, ``with run_server(ServerConfig(model_repository=...)) as server:``
-starts it on free ports (port 0) and stops it, and its stubs, on exit.
+No Docker, no GPU: the ``tritonserver`` binary, the Python backend and its stubs come from
+the wheel. ``with run_server(ServerConfig(model_repository=...)) as server:`` starts it on
+free ports and stops it, and its stubs, on exit. Command line: ``python -m serving.server``.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import logging
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -33,11 +23,11 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from export.signature import ENGINE_MODELS
+from serving.contract import ENGINE_MODELS
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the source checkout (an editable install)
 BACKEND_CACHE = REPO_ROOT / "build" / "triton_backends"
 # Admin APIs need the key in a header (gRPC: with Triton's prefix); inference, health, metadata stay open.
 RESTRICTED_APIS = "model-repository,shared-memory,logging,trace"
@@ -118,10 +108,10 @@ def build_backend_dir(cache_dir: Path = BACKEND_CACHE) -> Path:
 def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for tritonserver and its Python stubs.
 
-    The 2.51 stub embeds the base interpreter isolated (``-I``), ignoring PYTHONPATH, but
-    finds its ``sys.executable`` as ``python3`` on PATH: with this venv's ``bin/`` first it
-    sees ``pyvenv.cfg`` and gets the venv's site-packages. This repo's own modules come
-    from the stub's working directory (run_server). PYTHONPATH is set for stubs that read it."""
+    The 2.51 stub embeds the base interpreter isolated (``-I``: PYTHONPATH and the working
+    directory are ignored) but finds ``python3`` on PATH: with this venv's ``bin/`` first it
+    reads ``pyvenv.cfg`` and gets the venv's site-packages, where ``pip install -e .`` put
+    this project (``serving``). PYTHONPATH is set for stubs that do read it."""
     env = dict(os.environ if base is None else base)
     site_packages = Path(sysconfig.get_paths()["purelib"])
     libs = [
@@ -135,7 +125,7 @@ def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
 
     prepend("LD_LIBRARY_PATH", [str(p) for p in libs if p.is_dir()])
     prepend("PATH", [str(Path(sys.executable).parent)])
-    prepend("PYTHONPATH", [str(site_packages), str(REPO_ROOT)])
+    prepend("PYTHONPATH", [str(site_packages)])
     return env
 
 
@@ -281,9 +271,6 @@ def start_server(cfg: ServerConfig, append_log: bool = False) -> RunningServer:
     cfg = resolve_ports(cfg)
     log_path = cfg.log_path or REPO_ROOT / "build" / "logs" / f"tritonserver-{cfg.http_port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    # Triton takes every folder of the repository for a model (and exits on the failure):
-    # drop the bytecode cache that importing model_repository.* (tests, stubs) leaves there.
-    shutil.rmtree(Path(cfg.model_repository) / "__pycache__", ignore_errors=True)
     cmd = server_command(cfg, build_backend_dir())
     log.debug("starting %s", " ".join(cmd))
     with open(log_path, "ab" if append_log else "wb") as log_file:
@@ -293,8 +280,7 @@ def start_server(cfg: ServerConfig, append_log: bool = False) -> RunningServer:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=server_env(),
-            cwd=REPO_ROOT,
-            start_new_session=True,  # '' on the stub's sys.path
+            start_new_session=True,  # its own process group: the stubs are stopped with it
         )
     urls = (
         f"{cfg.host}:{cfg.http_port}",
@@ -331,70 +317,3 @@ def run_server(cfg: ServerConfig) -> Iterator[RunningServer]:
         yield server
     finally:
         stop_server(server)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-repository", type=Path, default=REPO_ROOT / "model_repository")
-    parser.add_argument("--config-name", default="cpu", help="configs/<name>.pbtxt; '' for config.pbtxt")
-    parser.add_argument("--http-port", type=int, default=8000)
-    parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--metrics-port", type=int, default=8002)
-    parser.add_argument("--log-verbose", type=int, default=0)
-    parser.add_argument("--startup-timeout", type=float, default=300.0)
-    parser.add_argument(
-        "--supervise",
-        action="store_true",
-        help="probe every model and restart the server when a stub dies or it exits (client/supervisor.py)",
-    )
-    parser.add_argument("--probe-interval", type=float, default=5.0, help="seconds between probes (--supervise)")
-    parser.add_argument("--probe-timeout", type=float, default=10.0, help="seconds one probe may take (--supervise)")
-    parser.add_argument(
-        "--restricted-api-key",
-        default=os.environ.get("TRITON_ADMIN_KEY"),
-        help=f"header '{ADMIN_KEY_HEADER}' needed for {RESTRICTED_APIS}; default $TRITON_ADMIN_KEY, else random",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        check_artifacts(args.model_repository)
-    except FileNotFoundError as e:
-        log.error("%s", e)
-        return 2
-    admin_key = args.restricted_api_key or secrets.token_urlsafe(16)
-    if not args.restricted_api_key:
-        log.info("admin key %s (headers %r / %r)", admin_key, ADMIN_KEY_HEADER, GRPC_ADMIN_KEY_HEADER)
-    cfg = ServerConfig(
-        model_repository=args.model_repository,
-        config_name=args.config_name or None,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        log_verbose=args.log_verbose,
-        admin_key=admin_key,
-        startup_timeout_s=args.startup_timeout,
-    )
-    for signum in (signal.SIGINT, signal.SIGTERM):  # also when started with SIGINT ignored (`cmd &`)
-        signal.signal(signum, signal.default_int_handler)
-    if args.supervise:
-        # Imported here: the supervisor is built on this module.
-        from client.supervisor import SupervisorConfig, supervise
-
-        probes = SupervisorConfig(probe_interval_s=args.probe_interval, probe_timeout_s=args.probe_timeout)
-        try:
-            return supervise(cfg, probes)
-        except KeyboardInterrupt:
-            return 0
-    try:
-        with run_server(cfg) as srv:
-            log.info("HTTP http://%s gRPC %s metrics %s; Ctrl-C stops", srv.http_url, srv.grpc_url, srv.metrics_url)
-            while srv.process.poll() is None:
-                time.sleep(0.5)
-            log.error("tritonserver exited on its own (code %s); log %s", srv.process.returncode, srv.log_path)
-            return 1
-    except KeyboardInterrupt:
-        return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,20 +1,11 @@
-"""The tensor contract: one source of truth for names, dtypes, shapes and limits.
+"""The tensor contract: names, dtypes, shapes and limits, defined once.
 
-Everything that names a tensor reads it from here: the ONNX export (input and
-output names, dynamic axes), the TensorRT optimization profiles, the Triton
-configs (checked by tests/test_configs.py), the Python backend runners
-(request validation) and the client.
+The ONNX export, the TensorRT profiles, the Triton configs (tests/test_configs.py), the
+models' request validation and the client all read it. NumPy only (it runs in the stubs).
 
-This module is pure Python + NumPy so the Triton Python backend stubs can import
-it without torch.
-
-Symbols used in shapes:
-    L   history length of one request,           1 <= L <= L_MAX
-    N   candidates in one request / engine call,  1 <= N <= N_MAX
-    B   users (requests) in one scorer call,      1 <= B <= B_MAX
-    K   results returned,                         1 <= K <= N
-    E   embedding width, D  model width           (set by the preset, free here)
-Integers in shapes are fixed sizes (F_U user features, F_C candidate features).
+Symbols in shapes: L history length (1..L_MAX), N candidates (1..N_MAX), B users in one
+scorer call (1..B_MAX), K results (1..N); E embedding and D model width (set by the
+preset). Integers are fixed sizes (F_U user features, F_C candidate features).
 """
 
 from __future__ import annotations
@@ -128,7 +119,14 @@ HISTORY_KV_T = _t("history_kv", "FP32", "L", "D")
 SCORES_T = _t("scores", "FP32", "N")
 
 ROUTES: tuple[str, ...] = ("auto", "light", "heavy", "cascade")
-REQUEST_PARAMETERS: tuple[str, ...] = ("route", "latency_budget_ms")
+FIXED_ROUTES: tuple[str, ...] = ("light", "heavy", "cascade")  # what "auto" resolves to
+DEFAULT_ROUTE = "auto"
+# Request parameters. sent_at_unix_ms: when the client sent the request (Unix ms); the budget
+# then counts from it, so time queued before the ranker is spent budget.
+ROUTE_PARAM = "route"
+BUDGET_PARAM = "latency_budget_ms"
+SENT_AT_PARAM = "sent_at_unix_ms"
+REQUEST_PARAMETERS: tuple[str, ...] = (ROUTE_PARAM, BUDGET_PARAM)
 
 EMBEDDING_LOOKUP = ModelSignature(
     "embedding_lookup",
@@ -193,6 +191,16 @@ ENGINE_MODELS: dict[str, ModelSignature] = {
     s.name: s for s in (EMBEDDING_LOOKUP, USER_TOWER, SCORER_LIGHT, SCORER_HEAVY, PER_CANDIDATE_BASELINE)
 }
 MODELS: dict[str, ModelSignature] = {**ENGINE_MODELS, RANKER.name: RANKER, ADAPTIVE_RANKING.name: ADAPTIVE_RANKING}
+
+
+@dataclass(frozen=True)
+class RankingResult:
+    """The ensemble's answer (served, or computed in process by serving/inprocess.py)."""
+
+    top_ids: np.ndarray  # (K,) int64, best first
+    top_scores: np.ndarray  # (K,) float32
+    scores: np.ndarray  # (N,) float32, in candidate order
+    route: str  # the route taken
 
 
 def validate_inputs(sig: ModelSignature, arrays: dict[str, np.ndarray]) -> dict[str, int]:

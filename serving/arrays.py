@@ -1,21 +1,8 @@
-"""The array operations of the ranker's request path, on NumPy arrays or torch tensors.
+"""The request path's array operations, on NumPy arrays or torch tensors.
 
-The ranker runs one request path (``pipeline.rank`` and ``ranking``) on either library:
-NumPy on the CPU profile (inputs via ``as_numpy()``), torch on the GPU profile (inputs via
-DLPack, zero copy, on the device Triton placed them). Every function here dispatches on
-the type of its array arguments and returns the same library; torch results stay on the
-device of the first array argument (a request's tensors may sit on different devices:
-``candidate_ids`` comes from the client, the embeddings from a GPU engine).
-
-The NumPy implementations are the reference; the torch ones reproduce them bit for bit
-(same tie order, same cascade scaling, same dtypes), which tests/test_tensors.py checks
-on CPU tensors. torch is never imported here: a tensor is recognised through
-``sys.modules`` (a process that has no torch loaded has no tensors), and only
-``load_library("torch")`` imports it, so the NumPy profile's stub never loads torch.
-No Triton import either: ``from_triton`` / ``to_triton`` take Triton's tensors and
-``pb_utils.Tensor`` as arguments.
-
-Symbols: N candidates, M re-scored in a cascade, K results (as in export/signature.py).
+Each function dispatches on its arguments' type and returns the same library; torch results
+stay on the first argument's device. NumPy is the reference, torch reproduces it bit for bit
+(tests/test_arrays.py). torch is imported only by ``load_library("torch")`` (GPU profile).
 """
 
 from __future__ import annotations
@@ -28,8 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
-from export.signature import ModelSignature, RequestError, TensorSpec
-from export.signature import validate_inputs as validate_numpy_inputs
+from serving.contract import ModelSignature, RequestError, TensorSpec
+from serving.contract import validate_inputs as validate_numpy_inputs
 
 if TYPE_CHECKING:
     import torch
@@ -301,7 +288,7 @@ def _values_pass(spec: TensorSpec, x: Any, sizes: dict[str, int]) -> bool:
 
 
 def validate_inputs(sig: ModelSignature, arrays: dict[str, Array]) -> dict[str, int]:
-    """``export.signature.validate_inputs`` for NumPy arrays or torch tensors (any device).
+    """``serving.contract.validate_inputs`` for NumPy arrays or torch tensors (any device).
 
     NumPy: that function as is. torch: dtypes, ranks and sizes are checked on host
     stand-ins (no copy), the values on the device (one reduction per input); only a

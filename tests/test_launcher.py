@@ -1,8 +1,8 @@
-"""client.local_server on a tiny Python-backend repository written by each test.
+"""serving.server.launcher on a tiny Python-backend repository written by each test.
 
 Independent of the project's models: one model ``add`` (SUM = A + B) whose model.py
-imports onnxruntime (the venv's site-packages) and export.signature (the repo root),
-both of which the stub only sees through the environment run_server builds.
+imports onnxruntime and serving.contract (this project, installed into the venv), both of
+which the stub only sees through the environment run_server builds.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from client.local_server import (
+from serving.contract import ENGINE_MODELS
+from serving.server.launcher import (
     ADMIN_KEY_HEADER,
     GRPC_ADMIN_KEY_HEADER,
     ServerConfig,
@@ -26,7 +27,6 @@ from client.local_server import (
     run_server,
     server_command,
 )
-from export.signature import ENGINE_MODELS
 
 CONFIG = """
 backend: "python"
@@ -44,7 +44,7 @@ import numpy as np
 import onnxruntime  # noqa: F401
 import triton_python_backend_utils as pb_utils
 
-import export.signature  # noqa: F401
+import serving.contract  # noqa: F401
 
 
 class TritonPythonModel:
@@ -93,7 +93,6 @@ def group_alive(pgid: int) -> bool:
 
 def test_serves_http_and_grpc_then_stops_cleanly(tmp_path: Path) -> None:
     repository = write_repository(tmp_path / "repo")
-    (repository / "__pycache__").mkdir()  # left by importing model_repository.*; not a model
     cfg = ServerConfig(model_repository=repository, log_path=tmp_path / "server.log", admin_key=ADMIN_KEY)
     a = np.array([1.0, 2.0, 3.0], dtype=np.float32)
     b = np.array([0.5, 0.5, -1.0], dtype=np.float32)

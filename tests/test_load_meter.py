@@ -1,4 +1,4 @@
-"""LoadMeter: the ranker instance's busy fraction and the queueing it implies (model_repository/load.py)."""
+"""LoadMeter: the ranker instance's busy fraction and the queueing it implies (serving/load_meter.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from model_repository.load import RHO_CAP, LoadMeter
-from model_repository.pipeline import RankerState, SharedState, rank
-from model_repository.routing import CostModel, RoutePolicy, TierCost
+from serving.composition import SharedState
+from serving.load_meter import RHO_CAP, LoadMeter
+from serving.ranker import RankerState, RequestTime, rank
+from serving.routing import CostModel, RoutePolicy, TierCost
 
 
 class Clock:
@@ -80,7 +81,7 @@ def test_interval_ending_before_it_starts_is_refused() -> None:
         LoadMeter(1.0, Clock()).record(2.0, 1.0)
 
 
-# --- the wait in the request path (model_repository/pipeline.rank) ---------------------------------
+# --- the wait in the request path (serving/ranker.rank) ---------------------------------
 
 N, D, C, E = 300, 4, 4, 3
 
@@ -98,7 +99,7 @@ async def _scores(tier: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
 def _rank(state: RankerState, route: str, budget_ms: float, waited_ms: float | None) -> object:
     shared = SharedState.from_tower(np.ones((1, D), np.float32), np.ones((6, D), np.float32))
     emb = np.ones((N, C, E), np.float32)
-    return asyncio.run(rank(_scores, state, shared, emb, route, 5, budget_ms, waited_ms=waited_ms))
+    return asyncio.run(rank(_scores, state, shared, emb, route, 5, RequestTime.now(budget_ms, waited_ms=waited_ms)))
 
 
 def test_auto_plans_with_the_time_the_client_says_has_passed() -> None:

@@ -1,12 +1,8 @@
-"""Custom-metric updates held in the ranker's stub and sent to Triton in batches (pure: no Triton imports).
+"""Custom-metric increments held in the ranker's stub and sent to Triton in batches.
 
-Each ``pb_utils`` ``Metric.increment`` / ``Metric.set`` is a synchronous round trip from
-the Python stub to the server process. The ranker made six per request (in-flight
-gauge twice, requests, latency, candidates per tier); py-spy on the stub at N=1024
-put 15% of its samples on the two gauge sets alone. ``MetricBuffer`` sums counter
-increments per key; the ranker applies them at most once per ``interval_s`` (and sets
-its gauges then, from the load meter), so a scrape lags by up to that interval and
-the request path makes no metric round trip.
+Each ``Metric.increment`` / ``Metric.set`` is a synchronous round trip from the stub to the
+server, so the request path only adds to this buffer; the ranker sends the sums at most
+once per interval (a scrape lags by up to that interval). No Triton import: unit-tested.
 """
 
 from __future__ import annotations

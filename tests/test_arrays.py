@@ -1,6 +1,6 @@
-"""model_repository/tensors.py on both libraries, and the request path (pipeline.rank) on each.
+"""serving/arrays.py on both libraries, and the request path (serving/ranker.rank) on each.
 
-The NumPy implementations are the reference (tests/test_ranking.py pins them); every
+The NumPy implementations are the reference (tests/test_request.py pins them); every
 torch result here must equal the NumPy result bit for bit, on CPU tensors (no GPU on
 these machines: the device handling is exercised only as far as "cpu" goes).
 """
@@ -16,13 +16,14 @@ import pytest
 import torch
 
 from export.samples import random_inputs
-from export.signature import MODELS, RANKER, SCORER_HEAVY, ModelSignature, RequestError
-from export.signature import validate_inputs as validate_numpy_inputs
-from model_repository import tensors
-from model_repository.pipeline import RankerState, ScorerError, SharedState, rank
-from model_repository.routing import CostModel, RoutePolicy, TierCost
-from tests.test_ranking import _random_scores
-from tests.test_runners import Tensor
+from serving import arrays as tensors
+from serving.composition import SharedState
+from serving.contract import MODELS, RANKER, SCORER_HEAVY, ModelSignature, RequestError
+from serving.contract import validate_inputs as validate_numpy_inputs
+from serving.ranker import RankerState, RequestTime, ScorerError, rank
+from serving.routing import CostModel, RoutePolicy, TierCost
+from tests.test_request import _random_scores
+from tests.test_triton_models import Tensor
 
 
 def as_torch(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -45,14 +46,14 @@ def test_numpy_path_never_imports_torch():
     """The CPU profile's stub runs the request path without torch (its import costs ~1 s and memory)."""
     code = (
         "import sys\n"
-        "from model_repository import pipeline, ranking, routing, tensors\n"
+        "from serving import arrays as tensors, composition, ranker, request, routing\n"
         "assert tensors.load_library('numpy') == 'numpy'\n"
-        "assert not tensors.is_torch(ranking.top_k_indices(__import__('numpy').zeros(3), 2))\n"
+        "assert not tensors.is_torch(tensors.top_k_indices(__import__('numpy').zeros(3), 2))\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "tensors.load_library('torch')\n"
         "assert 'torch' in sys.modules\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=tensors.__file__.rsplit("/model_repository/", 1)[0])
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_load_library_rejects_unknown():
@@ -262,7 +263,7 @@ def test_validate_inputs_mixed_libraries():
         tensors.validate_inputs(SCORER_HEAVY, mixed)
 
 
-# --- pipeline.rank on both libraries ---------------------------------------------------------------------
+# --- ranker.rank on both libraries ---------------------------------------------------------------------
 
 N, K, D, C, E = 300, 5, 4, 4, 3
 PRIORS = {"light": TierCost(1.0, 0.001), "heavy": TierCost(2.0, 0.01)}
@@ -302,7 +303,7 @@ def _rank(library: str, route: str, budget_ms: float, threshold: float, heavy_fa
     state = RankerState(RoutePolicy(cascade_m=16, confidence_threshold=threshold), CostModel(PRIORS), micro_batch=128)
     score_fn = scorer(heavy_fails)
     shared = SharedState.from_tower(user_state, history_kv)
-    result = asyncio.run(rank(score_fn, state, shared, emb, route, K, budget_ms, deadline_ms=1e4))
+    result = asyncio.run(rank(score_fn, state, shared, emb, route, K, RequestTime.now(budget_ms, heavy_ms=1e4)))
     return result, score_fn.seen
 
 

@@ -1,8 +1,4 @@
-"""ONNX Runtime sessions for the engine models' CPU profile (pure: no Triton imports).
-
-The same functions serve the Triton runner (onnx_runner.py) and the in-process
-composition that tests and benchmarks compare the server against.
-"""
+"""ONNX Runtime sessions of the engine models (CPU profile, in-process composition, evaluation)."""
 
 from __future__ import annotations
 
@@ -12,7 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from export.signature import ModelSignature, validate_inputs
+from serving.contract import ModelSignature, validate_inputs
 
 
 def is_qdq_graph(path: Path) -> bool:

@@ -1,20 +1,10 @@
-"""Adaptive routing for the `ranker` BLS model: which scorer tier fits the latency budget.
+"""Adaptive routing: which scorer tier fits a request's latency budget.
 
-ARM routes each request to the most effective model that fits its latency budget.
-Here that is decided in two steps, both pure functions over a learned cost model:
-
-1. ``plan_auto`` before any scoring: predict each route's latency from the number
-   of candidates N and the cost model's per-tier fixed + per-candidate costs, and
-   pick the best route that fits the budget left after the request's likely queueing
-   (model_repository/load.py): heavy > cascade > light.
-2. ``settle_auto`` after the light scores exist (cascade plan only): when light is
-   already confident about its top-k set, stop there and save the heavy call.
-
-``CostModel`` learns the per-tier costs online from the BLS's own timings, so the
-routing follows the hardware it runs on (CPU ONNX Runtime, or FP8 TensorRT) without
-hand-tuned constants. Imports: numpy, stdlib and ``export.signature`` only.
-
-Symbols: N candidates, M candidates the heavy tier re-scores in a cascade, K results.
+``plan_auto`` predicts each route's latency from N and a cost model learned online from the
+ranker's own scorer timings (so routing follows the hardware: CPU ONNX Runtime or FP8
+TensorRT) and picks the best route that fits what is left of the budget. ``settle_auto``
+stops a planned cascade at light when light is already confident about its top K.
+Symbols: N candidates, M re-scored by heavy in a cascade, K results.
 """
 
 from __future__ import annotations
@@ -26,10 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model_repository.ranking import light_confidence
+from serving.contract import FIXED_ROUTES
 
 TIERS: tuple[str, ...] = ("light", "heavy")
-PLANNED_ROUTES: tuple[str, ...] = ("light", "heavy", "cascade")  # what "auto" resolves to
 
 
 @dataclass(frozen=True)
@@ -148,20 +137,6 @@ class CostModel:
         """Latency of scoring ``n`` candidates on ``tier``."""
         return self.cost(tier).predict(n)
 
-    def snapshot(self) -> dict[str, dict[str, float | int | bool]]:
-        """Plain-dict state per tier, for logs and metrics."""
-        out: dict[str, dict[str, float | int | bool]] = {}
-        for tier in TIERS:
-            c = self.cost(tier)
-            count = self._fits[tier].count
-            out[tier] = {
-                "fixed_ms": c.fixed_ms,
-                "per_candidate_ms": c.per_candidate_ms,
-                "observations": count,
-                "learned": count >= self.min_observations,
-            }
-        return out
-
 
 @dataclass(frozen=True)
 class RoutePolicy:
@@ -203,7 +178,7 @@ def predict_route_ms(cost: CostModel, route: str, n: int, m: int) -> float:
     elif route == "cascade":
         ms = cost.predicted_ms("light", n) + cost.predicted_ms("heavy", min(m, n))
     else:
-        raise ValueError(f"cannot predict route {route!r}; routes are {PLANNED_ROUTES}")
+        raise ValueError(f"cannot predict route {route!r}; routes are {FIXED_ROUTES}")
     return ms
 
 
@@ -214,7 +189,7 @@ class AutoPlan:
     route         "heavy" | "cascade" | "light" (settle_auto may turn cascade into light)
     m             candidates the heavy tier re-scores if the route is cascade
     budget_ms     the request's latency budget
-    wait_ms       how long the request has likely queued already (model_repository/load.py)
+    wait_ms       how long the request has likely queued already (serving/load_meter.py)
     predicted_ms  predicted scoring latency of each route (for metrics/debug)
     """
 
@@ -238,7 +213,7 @@ def plan_auto(cost: CostModel, n: int, k: int, budget_ms: float, wait_ms: float,
     if not (math.isfinite(wait_ms) and wait_ms >= 0):
         raise ValueError(f"wait_ms must be finite and >= 0, got {wait_ms}")
     m = policy.cascade_size(n, k)
-    predicted = {r: predict_route_ms(cost, r, n, m) for r in PLANNED_ROUTES}
+    predicted = {r: predict_route_ms(cost, r, n, m) for r in FIXED_ROUTES}
     route = "light"
     for candidate in ("heavy", "cascade"):
         if wait_ms + predicted[candidate] * policy.safety_factor <= budget_ms:
@@ -257,3 +232,33 @@ def settle_auto(plan: AutoPlan, light_scores: np.ndarray, k: int, policy: RouteP
     if plan.route != "cascade":
         return plan.route
     return "light" if light_confidence(light_scores, k) >= policy.confidence_threshold else "cascade"
+
+
+def light_confidence(light: np.ndarray, k: int) -> float:
+    """Confidence in [0, 1] that light's top-k set [N] -> k is the right set.
+
+    Formula, with s the scores sorted descending (s[0] the best):
+        gap     = s[k-1] - s[k]                  (the margin at the top-k boundary)
+        spacing = (s[0] - s[N-1]) / (N - 1)      (the mean gap between neighbours)
+        conf    = gap / (gap + spacing)
+    A boundary gap equal to a typical gap gives 0.5, nine typical gaps 0.9; a clear
+    break between k winners and the rest approaches 1; ties at the boundary (or all
+    scores equal) give 0. k >= N gives 1.0: every candidate is returned. Non-finite
+    scores give 0 (nothing to trust). O(N) via np.partition.
+    """
+    if light.ndim != 1:
+        raise ValueError(f"light must be 1-D, got shape {list(light.shape)}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    n = light.shape[0]
+    if k >= n:
+        return 1.0
+    s = light.astype(np.float64)
+    if not np.all(np.isfinite(s)):
+        return 0.0
+    neg = np.partition(-s, [k - 1, k])
+    gap = float(neg[k] - neg[k - 1])  # s[k-1] - s[k] >= 0
+    spacing = float(s.max() - s.min()) / (n - 1)
+    if gap <= 0.0:
+        return 0.0
+    return gap / (gap + spacing)

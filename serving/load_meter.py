@@ -1,13 +1,8 @@
-"""The ranker instance's load signal for "auto": how long a request has likely queued.
+"""auto's load signal: how long a request has likely queued before its ranker instance.
 
-Triton hands a ranker instance one request at a time (a non-decoupled Python model,
-async or not), and the queueing happens before the request reaches it: in the
-ranker's own queue and the ensemble steps before it. The ranker cannot see those
-queues, but it sees how busy it is. ``LoadMeter`` keeps the busy intervals of the
-last ``window_s`` seconds; with utilisation rho and mean service time S, a request
-has waited about rho / (1 - rho) * S (the M/M/1 mean wait) before it started. "auto"
-subtracts that wait from the request's budget before choosing a route, so under
-load it moves to cheaper routes, which also shortens everyone's queue.
+The ranker cannot see the queues in front of it, but it sees how busy it is: with busy
+fraction rho over a window and mean service time S, a request has waited about
+rho / (1 - rho) * S (the M/M/1 mean wait), which auto subtracts from the budget.
 """
 
 from __future__ import annotations

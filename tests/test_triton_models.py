@@ -1,9 +1,9 @@
-"""The Python-backend models without a server: onnx_runner.py and ranker/1/model.py.
+"""The Python-backend models without a server: serving/triton/ (loaded through each model.py).
 
 A small typed fake of ``triton_python_backend_utils`` is installed into ``sys.modules``
 per test (monkeypatch); the model files are then imported fresh from their paths.
 The ranker's BLS calls go to a fake executor that runs the scorers in ONNX Runtime
-through ``engine.run_checked``, so every scorer request the ranker builds is also
+through ``onnx_session.run_checked``, so every scorer request the ranker builds is also
 validated against the scorer's signature. The ONNX files come from a freshly
 initialised tiny model exported to tmp_path.
 """
@@ -29,7 +29,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 from export.config import PRESETS
 from export.onnx_export import export_model, model_dims
 from export.samples import random_inputs
-from export.signature import (
+from export.train import build_model
+from serving.arrays import cascade_merge, top_k_indices
+from serving.contract import (
     ENGINE_MODELS,
     L_MAX,
     MODELS,
@@ -39,9 +41,7 @@ from export.signature import (
     RequestError,
     validate_inputs,
 )
-from export.train import build_model
-from model_repository.engine import make_session, run_checked
-from model_repository.ranking import cascade_merge, top_k_indices
+from serving.onnx_session import make_session, run_checked
 
 REPO = Path(__file__).resolve().parents[1] / "model_repository"
 PB_UTILS = "triton_python_backend_utils"
@@ -238,11 +238,16 @@ def scorer_sessions(tiny_repo: tuple[Path, dict[str, int]]) -> dict[str, ort.Inf
     return {name: make_session(root / name / "1" / "model.onnx") for name in ("scorer_light", "scorer_heavy")}
 
 
+TRITON_MODULES = ("serving.triton.onnx_model", "serving.triton.ranker_metrics", "serving.triton.ranker_model")
+
+
 def _install(monkeypatch: pytest.MonkeyPatch, pb: ModuleType) -> Iterator[ModuleType]:
     monkeypatch.setitem(sys.modules, PB_UTILS, pb)
-    sys.modules.pop("model_repository.onnx_runner", None)  # re-import against this fake
+    for name in TRITON_MODULES:  # re-import against this fake
+        sys.modules.pop(name, None)
     yield pb
-    sys.modules.pop("model_repository.onnx_runner", None)
+    for name in TRITON_MODULES:
+        sys.modules.pop(name, None)
 
 
 @pytest.fixture
@@ -296,7 +301,7 @@ def _sizes(name: str, dims: dict[str, int]) -> dict[str, int]:
 
 def _runner(name: str, tiny_repo: tuple[Path, dict[str, int]]) -> Any:
     root, _ = tiny_repo
-    module = load_model_py(REPO / name / "1" / "model.py")  # re-exports OnnxRunner
+    module = load_model_py(REPO / name / "1" / "model.py")  # imports OnnxModel
     runner = module.TritonPythonModel()
     runner.initialize(model_args(REPO / name / "configs" / "cpu.pbtxt", root))
     return runner
@@ -514,7 +519,7 @@ def test_ranker_routes(route: str, ranker_env, scorer_sessions, tiny_repo):
     assert (scored["light"], scored["heavy"]) == expected
     # The torch profile builds every scorer input and output by DLPack and asks for the scores
     # on the candidates' device (the CPU here); the NumPy profile leaves the placement to Triton.
-    torch_path = model.library == "torch"
+    torch_path = model.cfg.tensor_library == "torch"
     assert {t.via_dlpack for r in bls.requests for t in r.inputs()} == {torch_path}
     assert {t.via_dlpack for t in response.output_tensors()} == ({True, False} if torch_path else {False})
     placements = {
@@ -533,8 +538,9 @@ def test_ranker_auto_follows_budget(budget: float, route: str, ranker_env, score
     (response,) = asyncio.run(model.execute([request(arrays, latency_budget_ms=budget)]))
     got = outputs(response)
     assert got["route"].tolist() == [route.encode()]
-    scores = expected_ranking(scorer_sessions, arrays, route, k=model.default_top_k)
-    np.testing.assert_array_equal(got["top_ids"], arrays["candidate_ids"][top_k_indices(scores, model.default_top_k)])
+    scores = expected_ranking(scorer_sessions, arrays, route, k=model.cfg.default_top_k)
+    top = top_k_indices(scores, model.cfg.default_top_k)
+    np.testing.assert_array_equal(got["top_ids"], arrays["candidate_ids"][top])
 
 
 def test_ranker_bad_requests_fail_alone(ranker_env, tiny_repo):
@@ -606,7 +612,7 @@ def test_ranker_metrics(ranker_env, tiny_repo):
     )
     assert all(not r.has_error() for r in responses)
     families = {f.name: f for f in pb.families}
-    model.flush_metrics()  # what the stub's flusher task does every metrics_interval_ms
+    model.metrics.flush()  # what the stub's flusher task does every metrics_interval_ms
     assert families["ranker_requests_total"].value(route="light") == 3
     assert families["ranker_requests_total"].value(route="cascade") == 1
     assert families["ranker_candidates_scored_total"].value(tier="light") == 4 * N

@@ -1,21 +1,15 @@
-"""Unit tests of model_repository/ranking.py: request parsing and score arithmetic."""
+"""Unit tests of request parsing (serving/request.py) and the score arithmetic the ranker uses."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from export.signature import RequestError
-from model_repository.ranking import (
-    SENT_AT_PARAM,
-    RequestOptions,
-    cascade_merge,
-    light_confidence,
-    micro_batches,
-    parse_parameters,
-    parse_top_k,
-    top_k_indices,
-)
+from serving.arrays import cascade_merge, top_k_indices
+from serving.contract import SENT_AT_PARAM, RequestError
+from serving.ranker import micro_batches
+from serving.request import RequestOptions, parse_parameters, parse_top_k
+from serving.routing import light_confidence
 
 DEFAULT_BUDGET = 100.0
 

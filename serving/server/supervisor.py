@@ -1,36 +1,18 @@
-"""Keep a local tritonserver serving: restart it when a Python stub dies or the server exits.
+"""Keep a local tritonserver serving: restart it (same ports) when a Python stub dies or it exits.
 
-Triton 2.51's Python backend does not restart a stub that dies (SIGKILL, the OOM killer,
-or a request that crashes the stub before the model's code runs): that model answers
-"Stub process '<model>_0_0' is not healthy" until the server restarts, and model control
-is ``none`` (no reload over the API, by design). So the recovery is a restart of the whole
-server, on the same ports. Every ``probe_interval_s`` the watchdog
-
-1. checks the server process and every stub it started (a stub that is gone or a zombie
-   is dead; this sees every instance, which probes cannot: Triton sends a probe to any
-   free instance of a model);
-2. sends every model of the repository a tiny valid request (the ensemble and the ranker
-   on route ``light``, each scorer directly, since a cascade hides a dead heavy scorer
-   behind its light fallback). An answer naming a dead stub restarts at once; probes that
-   time out, or find the server not answering even its liveness check, restart after
-   ``unresponsive_rounds`` rounds in a row. A busy server (UNAVAILABLE from a full queue,
-   while live) and other errors are logged only: a restart would not fix them, and would
-   make an overload worse.
-
-Probes are real requests: they show in the models' statistics and ``ranker_*`` metrics.
-
-    python -m client.local_server --supervise [--probe-interval 5]
-    python -m client.supervisor ...           # the same
-
-As a library: ``with supervised_server(ServerConfig(...)) as sup:`` runs the watchdog in
-a thread; ``sup.server`` is the current RunningServer, ``sup.restarts`` what it did.
+2.51 never restarts a dead stub (its model answers "... is not healthy") and model control is
+``none``, so recovery is a server restart. Each round checks the server and every stub process,
+then sends every model a tiny valid request (scorers directly: a cascade hides a dead heavy
+behind its fallback); a dead stub restarts at once, unanswered rounds after
+``unresponsive_rounds``, a full queue never. The probes are the one part of ``serving`` that uses
+tritonclient (this runs outside the server). ``python -m serving.server --supervise``; as a
+library ``with supervised_server(ServerConfig(...)) as sup:`` (``sup.server``, ``sup.restarts``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,7 +24,9 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from client.local_server import (
+from serving.composition import compose
+from serving.contract import MODELS
+from serving.server.launcher import (
     RunningServer,
     ServerConfig,
     StubProcess,
@@ -52,9 +36,6 @@ from client.local_server import (
     stop_server,
     stub_processes,
 )
-from client.local_server import main as server_main
-from export.signature import MODELS
-from model_repository.pipeline import SharedState, scorer_inputs
 
 log = logging.getLogger(__name__)
 
@@ -127,37 +108,25 @@ class Prober:
     def _build(self, client: grpcclient.InferenceServerClient) -> None:
         public = _public_request()
         n = public["candidate_ids"].size
-        emb = _infer(client, "embedding_lookup", public, self.timeout_s)
-        emb = {name: emb.as_numpy(name) for name in MODELS["embedding_lookup"].output_names}
-        tower = _infer(client, "user_tower", {k: emb[k] for k in ("user_emb", "history_emb")}, self.timeout_s)
-        user_state, history_kv = tower.as_numpy("user_state"), tower.as_numpy("history_kv")
-        shared = SharedState.from_tower(user_state, history_kv)
+
+        def run(model: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            result = _infer(client, model, arrays, self.timeout_s)
+            return {name: result.as_numpy(name) for name in MODELS[model].output_names}
+
+        chain = compose(run, public)
         light = {"route": "light"}
-        requests = {
-            "embedding_lookup": (public, None),
-            "user_tower": ({k: emb[k] for k in ("user_emb", "history_emb")}, None),
-            "scorer_light": (scorer_inputs("light", shared, emb["candidate_emb"]), None),
-            "scorer_heavy": (scorer_inputs("heavy", shared, emb["candidate_emb"]), None),
-            "per_candidate_baseline": (
-                {
-                    "user_features": np.tile(public["user_features"], (n, 1)),
-                    "history_ids": np.tile(public["history_ids"], (n, 1)),
-                    "candidate_ids": public["candidate_ids"],
-                    "candidate_features": public["candidate_features"],
-                },
-                None,
-            ),
-            "ranker": (
-                {
-                    "user_state": user_state,
-                    "history_kv": history_kv,
-                    "candidate_emb": emb["candidate_emb"],
-                    "candidate_ids": public["candidate_ids"],
-                },
-                light,
-            ),
-            "adaptive_ranking": (public, light),
-        }
+        requests = {name: (inputs, None) for name, inputs in chain.model_inputs().items()}
+        requests["per_candidate_baseline"] = (
+            {
+                "user_features": np.tile(public["user_features"], (n, 1)),
+                "history_ids": np.tile(public["history_ids"], (n, 1)),
+                "candidate_ids": public["candidate_ids"],
+                "candidate_features": public["candidate_features"],
+            },
+            None,
+        )
+        requests["ranker"] = (chain.ranker_inputs(), light)
+        requests["adaptive_ranking"] = (public, light)
         self.requests = {m: requests[m] for m in self.models if m in requests}
 
     def probe(self, client: grpcclient.InferenceServerClient) -> dict[str, InferenceServerException]:
@@ -333,7 +302,7 @@ def supervised_server(cfg: ServerConfig, sup: SupervisorConfig = SupervisorConfi
 
 
 def supervise(cfg: ServerConfig, sup: SupervisorConfig = SupervisorConfig()) -> int:
-    """The command line's loop (in this thread): 1 when it gives up, Ctrl-C ends it."""
+    """The command line's loop (in this thread): 1 when it gives up; Ctrl-C ends it."""
     supervisor = Supervisor(cfg, sup)
     server = supervisor.start()
     log.info("HTTP http://%s gRPC %s metrics %s; Ctrl-C stops", server.http_url, server.grpc_url, server.metrics_url)
@@ -345,12 +314,3 @@ def supervise(cfg: ServerConfig, sup: SupervisorConfig = SupervisorConfig()) -> 
     finally:
         supervisor.stop()
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m client.supervisor [args]`` = ``python -m client.local_server --supervise [args]``."""
-    return server_main(["--supervise", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

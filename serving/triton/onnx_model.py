@@ -1,8 +1,7 @@
-"""The shared Python-backend model of the five engine models' CPU profile.
+"""The engine models' CPU profile: one ONNX Runtime session per instance, requests validated first.
 
-Each ``<model>/1/model.py`` re-exports ``OnnxRunner`` as ``TritonPythonModel``; the
-model's name selects its signature (export/signature.py) and its ``model.onnx``.
-Bad requests get INVALID_ARG naming the input; the instance keeps serving.
+The model's name picks its signature (serving/contract.py) and ``<version>/model.onnx``; a
+bad request gets INVALID_ARG naming the input and the instance keeps serving.
 """
 
 from __future__ import annotations
@@ -13,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from export.signature import ENGINE_MODELS, RequestError
-from model_repository.engine import make_session, run_checked
+from serving.contract import ENGINE_MODELS, RequestError
+from serving.onnx_session import make_session, run_checked
 
 
-class OnnxRunner:
+class OnnxModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
