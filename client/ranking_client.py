@@ -21,7 +21,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from export.world import Requests
-from serving.contract import ADAPTIVE_RANKING, RankingResult
+from serving.contract import ADAPTIVE_RANKING, RankingResult, as_request
 
 MODEL_NAME = ADAPTIVE_RANKING.name
 
@@ -40,13 +40,18 @@ class RankingRequest:
         """Row ``row`` of a batch of world (or MovieLens) requests, history unpadded."""
         return cls(**requests.request_arrays(row))
 
-    def arrays(self) -> dict[str, np.ndarray]:
+    def fields(self) -> dict[str, np.ndarray]:
+        """The user's arrays as they are ([F_U], [L], [N], [N, F_C])."""
         return {
             "user_features": self.user_features,
             "history_ids": self.history_ids,
             "candidate_ids": self.candidate_ids,
             "candidate_features": self.candidate_features,
         }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The request's tensors as the ensemble takes them ([1, F_U], [1, L], [1, N], [1, N, F_C])."""
+        return as_request(self.fields())
 
 
 def protocol_module(client: object) -> ModuleType:
@@ -55,9 +60,9 @@ def protocol_module(client: object) -> ModuleType:
 
 
 def build_inputs(module: ModuleType, arrays: dict[str, np.ndarray], top_k: int | None = None) -> list:
-    """tritonclient InferInputs for the ensemble, typed by the signature."""
+    """tritonclient InferInputs for the ensemble's tensors ``arrays`` ([1, ...]), typed by the signature."""
     if top_k is not None:
-        arrays = {**arrays, "top_k": np.array([top_k], dtype=np.int32)}
+        arrays = {**arrays, "top_k": np.array([[top_k]], dtype=np.int32)}
     inputs = []
     for spec in ADAPTIVE_RANKING.inputs:
         if spec.name not in arrays:
@@ -88,12 +93,12 @@ def requested_outputs(module: ModuleType) -> list:
 
 
 def result_from_response(response: object) -> RankingResult:
-    """A tritonclient InferResult (gRPC or HTTP, blocking or asyncio) as a RankingResult."""
+    """A tritonclient InferResult (gRPC or HTTP, blocking or asyncio) as a RankingResult (the one user's row)."""
     return RankingResult(
-        response.as_numpy("top_ids"),
-        response.as_numpy("top_scores"),
-        response.as_numpy("scores"),
-        response.as_numpy("route")[0].decode(),
+        response.as_numpy("top_ids")[0],
+        response.as_numpy("top_scores")[0],
+        response.as_numpy("scores")[0],
+        response.as_numpy("route")[0, 0].decode(),
     )
 
 

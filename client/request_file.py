@@ -1,7 +1,8 @@
 """Ranking requests as JSON files, checked against the tensor contract before they are sent.
 
-A request file is one JSON object with exactly the four request tensors as (nested)
-arrays of integers; names, shapes and limits are those of serving/contract.py::
+A request file is one JSON object with exactly the four request tensors of one user as
+(nested) arrays of integers, without the batch dimension; names, shapes and limits are those
+of serving/contract.py::
 
     {"user_features": [17, 3, 5, 1],
      "history_ids": [12, 40, 7],
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from client.ranking_client import RankingRequest
-from serving.contract import ADAPTIVE_RANKING, RequestError, validate_inputs
+from serving.contract import ADAPTIVE_RANKING, RequestError, as_request, validate_inputs
 
 REQUEST_KEYS: tuple[str, ...] = tuple(t.name for t in ADAPTIVE_RANKING.inputs if not t.optional)
 _INT64 = np.iinfo(np.int64)
@@ -66,8 +67,9 @@ def request_from_json(obj: object) -> RankingRequest:
 
 def validate_request(request: RankingRequest | dict[str, np.ndarray]) -> dict[str, int]:
     """Check dtypes, shapes, limits and ids against the ensemble's signature (RequestError
-    naming the tensor); return the sizes, e.g. ``{"L": 12, "N": 256}``."""
-    arrays = request.arrays() if isinstance(request, RankingRequest) else request
+    naming the tensor); return the sizes, e.g. ``{"L": 12, "N": 256}``. ``request``: a
+    RankingRequest or one user's arrays without the batch dimension."""
+    arrays = request.arrays() if isinstance(request, RankingRequest) else as_request(request)
     return validate_inputs(ADAPTIVE_RANKING, arrays)
 
 
@@ -88,4 +90,4 @@ def load_request(path: str | Path) -> RankingRequest:
 
 def request_to_json(request: RankingRequest) -> dict[str, list]:
     """The request file form of ``request`` (``json.dump`` it)."""
-    return {key: array.tolist() for key, array in request.arrays().items()}
+    return {key: array.tolist() for key, array in request.fields().items()}

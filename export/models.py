@@ -9,11 +9,12 @@ Parts and their interfaces:
     EmbeddingLookup   raw int64 values (..., F) -> embeddings (..., F, E); hashing in-graph
     UserTower         user_emb (B, F_U, E), history_emb (B, L, E) -> user_state (B, D), history_kv (B, L, D)
     ScorerLight       user_state (B, D), candidate_emb (N, C, E), candidate_user (N,) -> logits (N,)
-    ScorerHeavy       + history_kv (B, L, D), history_len (B,): target attention over the history
+    ScorerHeavy       user_state (B, D), history_kv (B, L, D), history_len (B,), candidate_emb (B, n, C, E)
+                      -> logits (B, n): target attention over each block's own user's history
 
-Both scorers broadcast the user side by index: the first layer over [user; candidate]
-is split, the user part is projected once per user (B rows) and gathered by
-``candidate_user`` into the N candidate rows. Nothing user-sized is tiled N times.
+Both scorers broadcast the user side: the first layer over [user; candidate] is split, the
+user part is projected once per user (B rows) and added to its candidates (light: gathered
+by ``candidate_user``; heavy: by block). Nothing user-sized is tiled N times.
 Core modules return logits; export/serving.py wraps them into the served graphs.
 """
 
@@ -251,12 +252,11 @@ class ScorerLight(nn.Module):
 
 
 class ScorerHeavy(nn.Module):
-    """Target attention of each candidate over its user's history, then a deeper MLP.
+    """Target attention of each candidate over its own user's history, then a deeper MLP.
 
-    Keys and values are projected once per user (B * L rows). Candidates attend with
-    one dense GEMM against all B * L keys and a mask that keeps their own user's valid
-    positions: (N, B*L) logits. For B = 1 (one request) that is exactly N x L; for
-    B > 1 it trades B-fold logits for never copying a history per candidate.
+    Candidates come in one block per user row, (B, n, C, E): each block attends to its user's
+    keys and values only (projected once per user, B * L rows), so the attention costs B * n * L
+    whatever B is; a block is padded when its user has fewer than n candidates.
     """
 
     def __init__(self, cfg: HeavyConfig, d_model: int, emb_dim: int) -> None:
@@ -297,32 +297,10 @@ class ScorerHeavy(nn.Module):
         self,
         user_state: torch.Tensor,  # (B, D)
         history_kv: torch.Tensor,  # (B, L, D)
-        history_len: torch.Tensor,  # (B,) int64 in [1, L]
-        candidate_emb: torch.Tensor,  # (N, C, E)
-        candidate_user: torch.Tensor,  # (N,) int64 in [0, B)
-    ) -> torch.Tensor:
-        b, n_hist, d = history_kv.shape
-        cand = candidate_emb.flatten(1)  # (N, C*E)
-        q = self.q(cand)  # (N, D)
-        k, v = self.kv(history_kv.reshape(b * n_hist, d)).chunk(2, dim=-1)  # (B*L, D) each, once per user
-        col = torch.arange(b * n_hist, device=history_kv.device)
-        col_user, col_pos = col // n_hist, col % n_hist  # (B*L,)
-        valid = (col_user.unsqueeze(0) == candidate_user.unsqueeze(1)) & (
-            col_pos < history_len[col_user]
-        ).unsqueeze(0)  # (N, B*L)
-        att, best = self._target_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), valid.unsqueeze(0))
-        return self._head(self.user_proj(user_state)[candidate_user], cand, q, att[0], best[0])  # (N,)
-
-    def forward_grouped(
-        self,
-        user_state: torch.Tensor,  # (B, D)
-        history_kv: torch.Tensor,  # (B, L, D)
         history_len: torch.Tensor | None,  # (B,); None: all L valid
         candidate_emb: torch.Tensor,  # (B, n, C, E): n candidates per user
     ) -> torch.Tensor:
-        """Same function for equal-sized candidate groups -> logits (B, n). Used in
-        training and by the per-candidate baseline (n = 1), where the (N, B*L) mask
-        of forward() would waste B-fold work."""
+        """Logits (B, n) of each user's block of candidates."""
         b, n = candidate_emb.shape[:2]
         cand = candidate_emb.flatten(2)  # (B, n, C*E)
         q = self.q(cand)  # (B, n, D)
@@ -371,5 +349,5 @@ class RankingModel(nn.Module):
         b, n = candidate_ids.shape
         cand_user = torch.arange(b, device=candidate_ids.device).repeat_interleave(n)  # (B*n,)
         light = self.light(user_state, candidate_emb.flatten(0, 1), cand_user).reshape(b, n)
-        heavy = self.heavy.forward_grouped(user_state, history_kv, history_len, candidate_emb)
+        heavy = self.heavy(user_state, history_kv, history_len, candidate_emb)
         return light, heavy

@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from export.world import Requests
 from serving.composition import compose
-from serving.contract import ENGINE_MODELS
+from serving.contract import ENGINE_MODELS, as_request
 from serving.onnx_session import make_session, run_checked
 
 PIPELINE = ("embedding_lookup", "user_tower", "scorer_light", "scorer_heavy")
@@ -29,7 +29,7 @@ def sessions(paths: dict[str, Path], threads: int = 1) -> dict[str, ort.Inferenc
 
 def model_inputs(requests: Requests, row: int, run: dict) -> dict[str, dict[str, np.ndarray]]:
     """Inputs of every pipeline model for one request; ``run(name, inputs)`` computes upstream outputs."""
-    return compose(run, requests.request_arrays(row)).model_inputs()
+    return compose(run, as_request(requests.request_arrays(row))).model_inputs()
 
 
 def pipeline_scores(graphs: dict[str, ort.InferenceSession], requests: Requests) -> dict[str, np.ndarray]:
@@ -42,7 +42,7 @@ def pipeline_scores(graphs: dict[str, ort.InferenceSession], requests: Requests)
     for row in range(len(requests)):
         inputs = model_inputs(requests, row, run)
         light.append(run("scorer_light", inputs["scorer_light"])["scores"])
-        heavy.append(run("scorer_heavy", inputs["scorer_heavy"])["scores"])
+        heavy.append(run("scorer_heavy", inputs["scorer_heavy"])["scores"][0])  # (1, n): one block
     return {"light": np.stack(light), "heavy": np.stack(heavy)}
 
 

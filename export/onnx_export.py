@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from export.models import RankingModel
@@ -61,8 +62,28 @@ def export_model(model: RankingModel, name: str, path: Path) -> Path:
             dynamo=False,
             do_constant_folding=True,
         )
+    pin_fixed_dims(path, sig)
     log.info("exported %s -> %s (%.1f MB)", name, path, path.stat().st_size / 1e6)
     return path
+
+
+def pin_fixed_dims(path: Path, sig: ModelSignature) -> None:
+    """Write the contract's fixed sizes into the graph's declared input/output shapes where the
+    tracer left a symbol (e.g. history_len's 1, computed from a shape), so configs and TensorRT
+    profiles see the same fixed dims."""
+    model = onnx.load(str(path))
+    specs = {s.name: s for s in sig.inputs + sig.outputs}
+    changed = False
+    for value in list(model.graph.input) + list(model.graph.output):
+        spec = specs.get(value.name)
+        for d_sig, dim in zip(spec.dims if spec else (), value.type.tensor_type.shape.dim):
+            if isinstance(d_sig, int) and (not dim.HasField("dim_value") or dim.dim_value != d_sig):
+                dim.Clear()
+                dim.dim_value = d_sig
+                changed = True
+    if changed:
+        onnx.checker.check_model(model)
+        onnx.save(model, str(path))
 
 
 def export_all(model: RankingModel, model_repository: Path) -> dict[str, Path]:

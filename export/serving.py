@@ -24,9 +24,15 @@ class EmbeddingLookupServing(nn.Module):
         history_ids: torch.Tensor,
         candidate_ids: torch.Tensor,
         candidate_features: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # (F_U,), (L,), (N,), (N, F_C) -> (F_U, E), (L, E), (N, C, E)
-        return self.embedding(user_features, history_ids, candidate_ids, candidate_features)
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        # (B, F_U), (B, L), (B, N), (B, N, F_C) -> (B, F_U, E), (B, L, E), (B, N, C, E), history_len (B, 1).
+        # The lookup is elementwise: the CPU runner batches requests of any L and N as one row.
+        user_emb, history_emb, candidate_emb = self.embedding(
+            user_features, history_ids, candidate_ids, candidate_features
+        )
+        # every position of a request is valid; the reshape makes the exported dim a constant 1
+        history_len = torch.full_like(history_ids[:, 0], history_ids.shape[1]).reshape(-1, 1)
+        return user_emb, history_emb, candidate_emb, history_len
 
 
 class UserTowerServing(nn.Module):
@@ -34,12 +40,12 @@ class UserTowerServing(nn.Module):
         super().__init__()
         self.tower = model.tower
 
-    def forward(self, user_emb: torch.Tensor, history_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # (F_U, E), (L, E) -> user_state (1, D), history_kv (L, D): one request, every position valid
-        user_state, history_kv = self.tower(user_emb.unsqueeze(0), history_emb.unsqueeze(0))
-        # A constant-shape reshape so the exported graph declares user_state as [1, D], as the
-        # signature does (the tracer otherwise leaves dim 0 symbolic).
-        return user_state.reshape(1, self.tower.d_model), history_kv[0]
+    def forward(
+        self, user_emb: torch.Tensor, history_emb: torch.Tensor, history_len: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # (B, F_U, E), (B, L, E), (B, 1) -> user_state (B, D), history_kv (B, L, D); positions past a
+        # user's history_len are padding (a batch of different L).
+        return self.tower(user_emb, history_emb, history_len[:, 0])
 
 
 class ScorerLightServing(nn.Module):
@@ -65,10 +71,9 @@ class ScorerHeavyServing(nn.Module):
         history_kv: torch.Tensor,
         history_len: torch.Tensor,
         candidate_emb: torch.Tensor,
-        candidate_user: torch.Tensor,
     ) -> torch.Tensor:
-        # (B, D), (B, L, D), (B,), (N, C, E), (N,) -> scores (N,)
-        return torch.sigmoid(self.heavy(user_state, history_kv, history_len, candidate_emb, candidate_user))
+        # (B, D), (B, L, D), (B,), (B, N, C, E) -> scores (B, N): each block attends to its own user only
+        return torch.sigmoid(self.heavy(user_state, history_kv, history_len, candidate_emb))
 
 
 class PerCandidateBaselineServing(nn.Module):
@@ -91,7 +96,7 @@ class PerCandidateBaselineServing(nn.Module):
             user_features, history_ids, candidate_ids, candidate_features
         )  # (N, F_U, E), (N, L, E), (N, C, E)
         user_state, history_kv = self.tower(user_emb, history_emb)  # (N, D), (N, L, D): tower run per row
-        logits = self.heavy.forward_grouped(user_state, history_kv, None, candidate_emb.unsqueeze(1))  # (N, 1)
+        logits = self.heavy(user_state, history_kv, None, candidate_emb.unsqueeze(1))  # (N, 1)
         return torch.sigmoid(logits[:, 0])
 
 

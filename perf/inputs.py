@@ -5,7 +5,7 @@
 Each file holds several distinct requests (perf_analyzer cycles through them), every
 tensor with an explicit shape, in the form perf_analyzer reads::
 
-    {"data": [{"user_features": {"content": [...], "shape": [4]}, "history_ids": {...}, ...}, ...]}
+    {"data": [{"user_features": {"content": [...], "shape": [1, 4]}, "history_ids": {...}, ...}, ...]}
 
 ``ranking-n<N>.json`` feeds the ``adaptive_ranking`` ensemble (user side once per
 request); ``baseline-n<N>.json`` feeds ``per_candidate_baseline`` with the same requests,

@@ -6,7 +6,9 @@ repository_copy(src, dst, {"load_window_ms": "0"})   # a copy with ranker parame
 
 from __future__ import annotations
 
+import argparse
 import shutil
+import sys
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -41,3 +43,30 @@ def repository_copy(src: Path, dst: Path, ranker_parameters: dict[str, str] | No
         RankerConfig.from_parameters({k: v.string_value for k, v in cfg.parameters.items()})  # still valid
         path.write_text(text_format.MessageToString(cfg))
     return dst
+
+
+def unbatched_copy(src: Path, dst: Path) -> Path:
+    """A copy of ``src`` whose batched models (max_batch_size > 0) take one request per execution
+    (max_batch_size 1), in every profile: the batching A/B with nothing else changed."""
+    repository_copy(src, dst)
+    for path in sorted(dst.glob("*/config.pbtxt")) + sorted(dst.glob("*/configs/*.pbtxt")):
+        cfg = read_config(path)
+        if cfg.max_batch_size > 1:
+            cfg.max_batch_size = 1
+            path.write_text(text_format.MessageToString(cfg))
+    return dst
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", choices=["unbatched"])
+    parser.add_argument("dst", type=Path)
+    parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
+    args = parser.parse_args(argv)
+    unbatched_copy(args.model_repository, args.dst)
+    print(args.dst)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -122,6 +122,27 @@ def int64_vector(values: Sequence[int], like: Array) -> Array:
     return np.array(values, dtype=np.int64)
 
 
+def int64_repeat(counts: Sequence[int], like: Array) -> Array:
+    """Int64 [sum(counts)]: i repeated counts[i] times (each candidate's user row)."""
+    values = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    if is_torch(like):
+        return _torch().from_numpy(values).to(like.device)
+    return values
+
+
+def pad_stack(parts: Sequence[Array], length: int) -> Array:
+    """[len(parts), length, ...] of parts [n_i, ...] (n_i <= length), zero-padded at the end of axis 1."""
+    first = parts[0]
+    if is_torch(first):
+        torch_module = _torch()
+        out = torch_module.zeros((len(parts), length, *first.shape[1:]), dtype=first.dtype, device=first.device)
+    else:
+        out = np.zeros((len(parts), length, *first.shape[1:]), dtype=first.dtype)
+    for i, part in enumerate(parts):
+        out[i, : part.shape[0]] = part.to(first.device) if is_torch(part) else part
+    return out
+
+
 def take(x: Array, idx: Array) -> Array:
     """Rows ``x[idx]`` ([N, ...] -> [len(idx), ...]); a torch index moves to x's device."""
     if is_torch(x):

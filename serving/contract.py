@@ -3,9 +3,10 @@
 The ONNX export, the TensorRT profiles, the Triton configs (tests/test_configs.py), the
 models' request validation and the client all read it. NumPy only (it runs in the stubs).
 
-Symbols in shapes: L history length (1..L_MAX), N candidates (1..N_MAX), B users in one
-scorer call (1..B_MAX), K results (1..N); E embedding and D model width (set by the
-preset). Integers are fixed sizes (F_U user features, F_C candidate features).
+Symbols in shapes: L history length (1..L_MAX), N candidates (1..N_MAX), B users (requests)
+in one call (1..B_MAX), K results (1..N); E embedding and D model width (set by the preset).
+Integers are fixed sizes (F_U user features, F_C candidate features). A ``batched`` model's
+leading "B" is Triton's batch dimension: its config omits it, and each request holds one user.
 """
 
 from __future__ import annotations
@@ -79,10 +80,18 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class ModelSignature:
+    """A model's tensors as its graph sees them. ``batched``: Triton batches requests (config
+    ``max_batch_size`` > 0), every tensor's leading dim is "B" and each request brings B = 1."""
+
     name: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     parameters: tuple[str, ...] = field(default=())
+    batched: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batched and any(t.dims[:1] != ("B",) for t in (*self.inputs, *self.outputs)):
+            raise ValueError(f"{self.name}: every tensor of a batched model starts with dim 'B'")
 
     def input(self, name: str) -> TensorSpec:
         return next(t for t in self.inputs if t.name == name)
@@ -98,25 +107,42 @@ class ModelSignature:
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
 
+    def config_dims(self, spec: TensorSpec) -> list[int]:
+        """``spec``'s dims as config.pbtxt writes them: without the batch dim of a batched model."""
+        return spec.config_dims[1:] if self.batched else spec.config_dims
+
 
 def _t(name: str, dtype: str, *dims: Dim, values: str | None = None, optional: bool = False) -> TensorSpec:
     return TensorSpec(name, dtype, tuple(dims), values, optional)
 
 
-# Public request (the ensemble): one user, its history and its N candidates.
-USER_FEATURES_T = _t("user_features", "INT64", F_U, values="nonnegative")
-HISTORY_IDS_T = _t("history_ids", "INT64", "L", values="nonnegative")
-CANDIDATE_IDS_T = _t("candidate_ids", "INT64", "N", values="nonnegative")
-CANDIDATE_FEATURES_T = _t("candidate_features", "INT64", "N", F_C, values="nonnegative")
-TOP_K_T = _t("top_k", "INT32", 1, optional=True)
+# Public request (the ensemble, not batched): one user, its history and its N candidates; the
+# leading 1 is the batch dimension of the models behind it (one request = one user).
+USER_FEATURES_T = _t("user_features", "INT64", 1, F_U, values="nonnegative")
+HISTORY_IDS_T = _t("history_ids", "INT64", 1, "L", values="nonnegative")
+CANDIDATE_IDS_T = _t("candidate_ids", "INT64", 1, "N", values="nonnegative")
+CANDIDATE_FEATURES_T = _t("candidate_features", "INT64", 1, "N", F_C, values="nonnegative")
+TOP_K_T = _t("top_k", "INT32", 1, 1, optional=True)
+RANKER_OUTPUTS = (
+    _t("top_ids", "INT64", 1, "K"),
+    _t("top_scores", "FP32", 1, "K"),
+    _t("scores", "FP32", 1, "N"),
+    _t("route", "BYTES", 1, 1),
+)
 
-# Intermediate tensors.
-USER_EMB_T = _t("user_emb", "FP32", F_U, "E")
-HISTORY_EMB_T = _t("history_emb", "FP32", "L", "E")
-CANDIDATE_EMB_T = _t("candidate_emb", "FP32", "N", C_TOKENS, "E")
-USER_STATE_T = _t("user_state", "FP32", 1, "D")
-HISTORY_KV_T = _t("history_kv", "FP32", "L", "D")
-SCORES_T = _t("scores", "FP32", "N")
+
+def _batched(spec: TensorSpec) -> TensorSpec:
+    """The public tensor ``spec`` [1, ...] as a batched model's [B, ...]."""
+    return TensorSpec(spec.name, spec.dtype, ("B", *spec.dims[1:]), spec.values, spec.optional)
+
+
+# The batched models' tensors: one row per request.
+USER_EMB_T = _t("user_emb", "FP32", "B", F_U, "E")
+HISTORY_EMB_T = _t("history_emb", "FP32", "B", "L", "E")
+HISTORY_LEN_T = _t("history_len", "INT64", "B", 1, values="length:L")  # the request's L, for the tower
+CANDIDATE_EMB_T = _t("candidate_emb", "FP32", "B", "N", C_TOKENS, "E")
+USER_STATE_T = _t("user_state", "FP32", "B", "D")
+HISTORY_KV_T = _t("history_kv", "FP32", "B", "L", "D")
 
 ROUTES: tuple[str, ...] = ("auto", "light", "heavy", "cascade")
 FIXED_ROUTES: tuple[str, ...] = ("light", "heavy", "cascade")  # what "auto" resolves to
@@ -128,61 +154,60 @@ BUDGET_PARAM = "latency_budget_ms"
 SENT_AT_PARAM = "sent_at_unix_ms"
 REQUEST_PARAMETERS: tuple[str, ...] = (ROUTE_PARAM, BUDGET_PARAM)
 
+
 EMBEDDING_LOOKUP = ModelSignature(
     "embedding_lookup",
-    inputs=(USER_FEATURES_T, HISTORY_IDS_T, CANDIDATE_IDS_T, CANDIDATE_FEATURES_T),
-    outputs=(USER_EMB_T, HISTORY_EMB_T, CANDIDATE_EMB_T),
+    inputs=tuple(_batched(t) for t in (USER_FEATURES_T, HISTORY_IDS_T, CANDIDATE_IDS_T, CANDIDATE_FEATURES_T)),
+    outputs=(USER_EMB_T, HISTORY_EMB_T, CANDIDATE_EMB_T, HISTORY_LEN_T),
+    batched=True,
 )
 USER_TOWER = ModelSignature(
     "user_tower",
-    inputs=(USER_EMB_T, HISTORY_EMB_T),
+    inputs=(USER_EMB_T, HISTORY_EMB_T, HISTORY_LEN_T),
     outputs=(USER_STATE_T, HISTORY_KV_T),
+    batched=True,
 )
+# The scorers are called by the ranker (BLS) with several users' candidates at once.
 SCORER_LIGHT = ModelSignature(
     "scorer_light",
     inputs=(
         _t("user_state", "FP32", "B", "D"),
-        CANDIDATE_EMB_T,
-        _t("candidate_user", "INT64", "N", values="index:B"),
+        _t("candidate_emb", "FP32", "N", C_TOKENS, "E"),  # every user's candidates, one after another
+        _t("candidate_user", "INT64", "N", values="index:B"),  # each candidate's user row
     ),
-    outputs=(SCORES_T,),
+    outputs=(_t("scores", "FP32", "N"),),
 )
 SCORER_HEAVY = ModelSignature(
     "scorer_heavy",
     inputs=(
         _t("user_state", "FP32", "B", "D"),
-        _t("history_kv", "FP32", "B", "L", "D"),
+        _t("history_kv", "FP32", "B", "L", "D"),  # padded to the longest history
         _t("history_len", "INT64", "B", values="length:L"),
-        CANDIDATE_EMB_T,
-        _t("candidate_user", "INT64", "N", values="index:B"),
+        _t("candidate_emb", "FP32", "B", "N", C_TOKENS, "E"),  # a block of N candidates per user row, padded
     ),
-    outputs=(SCORES_T,),
+    outputs=(_t("scores", "FP32", "B", "N"),),
 )
 PER_CANDIDATE_BASELINE = ModelSignature(
     "per_candidate_baseline",
     inputs=(
         _t("user_features", "INT64", "N", F_U, values="nonnegative"),
         _t("history_ids", "INT64", "N", "L", values="nonnegative"),
-        CANDIDATE_IDS_T,
-        CANDIDATE_FEATURES_T,
+        _t("candidate_ids", "INT64", "N", values="nonnegative"),
+        _t("candidate_features", "INT64", "N", F_C, values="nonnegative"),
     ),
-    outputs=(SCORES_T,),
+    outputs=(_t("scores", "FP32", "N"),),
 )
 RANKER = ModelSignature(
     "ranker",
-    inputs=(USER_STATE_T, HISTORY_KV_T, CANDIDATE_EMB_T, CANDIDATE_IDS_T, TOP_K_T),
-    outputs=(
-        _t("top_ids", "INT64", "K"),
-        _t("top_scores", "FP32", "K"),
-        SCORES_T,
-        _t("route", "BYTES", 1),
-    ),
+    inputs=(USER_STATE_T, HISTORY_KV_T, CANDIDATE_EMB_T, _batched(CANDIDATE_IDS_T), _batched(TOP_K_T)),
+    outputs=tuple(_batched(t) for t in RANKER_OUTPUTS),
     parameters=REQUEST_PARAMETERS,
+    batched=True,
 )
 ADAPTIVE_RANKING = ModelSignature(
     "adaptive_ranking",
     inputs=(USER_FEATURES_T, HISTORY_IDS_T, CANDIDATE_IDS_T, CANDIDATE_FEATURES_T, TOP_K_T),
-    outputs=RANKER.outputs,
+    outputs=RANKER_OUTPUTS,
     parameters=REQUEST_PARAMETERS,
 )
 
@@ -195,12 +220,19 @@ MODELS: dict[str, ModelSignature] = {**ENGINE_MODELS, RANKER.name: RANKER, ADAPT
 
 @dataclass(frozen=True)
 class RankingResult:
-    """The ensemble's answer (served, or computed in process by serving/inprocess.py)."""
+    """The ensemble's answer for one user (served, or computed in process by serving/inprocess.py),
+    without the batch dimension."""
 
     top_ids: np.ndarray  # (K,) int64, best first
     top_scores: np.ndarray  # (K,) float32
     scores: np.ndarray  # (N,) float32, in candidate order
     route: str  # the route taken
+
+
+def as_request(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One user's arrays (user_features [F_U], history_ids [L], ..., top_k [1]) as the public
+    request's tensors ([1, F_U], [1, L], ..., [1, 1]): a view, no copy."""
+    return {name: np.asarray(a)[None] for name, a in arrays.items()}
 
 
 def validate_inputs(sig: ModelSignature, arrays: dict[str, np.ndarray]) -> dict[str, int]:
@@ -224,6 +256,8 @@ def validate_inputs(sig: ModelSignature, arrays: dict[str, np.ndarray]) -> dict[
             raise RequestError(
                 f"input '{spec.name}' must have {len(spec.dims)} dims {list(spec.dims)}, got shape {list(a.shape)}"
             )
+        if sig.batched and a.shape[0] != 1:
+            raise RequestError(f"input '{spec.name}' must hold one user (batch dim 1), got {a.shape[0]}")
         for axis, (dim, size) in enumerate(zip(spec.dims, a.shape)):
             if isinstance(dim, int):
                 if size != dim:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.arrays import top_k_indices
-from serving.composition import Chain, cascade, compose, scorer_inputs
+from serving.composition import Chain, cascade, compose, scorer_inputs, split_scores
 from serving.contract import ADAPTIVE_RANKING, ENGINE_MODELS, RankingResult, validate_inputs
 from serving.onnx_session import make_session, run_checked
 from serving.routing import RoutePolicy
@@ -36,11 +36,12 @@ class InProcessRanker:
         return compose(self.run, arrays)
 
     def score(self, tier: str, chain: Chain, candidate_emb: np.ndarray) -> np.ndarray:
-        """Scores [n] of one tier: the user side at B = 1, candidates of user row 0."""
-        return self.run(f"scorer_{tier}", scorer_inputs(tier, chain.shared, candidate_emb))["scores"]
+        """Scores [n] of one tier for ``candidate_emb`` [n, C, E]: the user side at B = 1, one call."""
+        scores = self.run(f"scorer_{tier}", scorer_inputs(tier, chain.shared, candidate_emb))["scores"]
+        return split_scores(tier, scores, [candidate_emb.shape[0]])[0]
 
     def rank(self, arrays: dict[str, np.ndarray], route: str, k: int) -> RankingResult:
-        """One public request (ensemble inputs) on a fixed route: light, heavy or cascade."""
+        """One public request (the ensemble's inputs, [1, ...]) on a fixed route: light, heavy or cascade."""
         n = validate_inputs(ADAPTIVE_RANKING, arrays)["N"]
         k = min(k, n)
         chain = self.chain(arrays)
@@ -55,4 +56,4 @@ class InProcessRanker:
         else:
             raise ValueError(f"route must be light, heavy or cascade in-process, got {route!r}")
         top = top_k_indices(scores, k)
-        return RankingResult(arrays["candidate_ids"][top], scores[top], scores, route)
+        return RankingResult(arrays["candidate_ids"][0][top], scores[top], scores, route)

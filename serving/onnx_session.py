@@ -8,7 +8,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from serving.contract import ModelSignature, validate_inputs
+from serving.contract import ModelSignature, RequestError, validate_inputs
+from serving.engine_batch import BATCHING
 
 
 def is_qdq_graph(path: Path) -> bool:
@@ -42,3 +43,37 @@ def run_checked(
     validate_inputs(sig, arrays)
     feeds = {name: arrays[name] for name in sig.input_names if name in arrays}
     return dict(zip(sig.output_names, session.run(sig.output_names, feeds), strict=True))
+
+
+def run_requests(
+    session: ort.InferenceSession, sig: ModelSignature, requests: list[dict[str, np.ndarray]]
+) -> list[dict[str, np.ndarray] | Exception]:
+    """Each request's outputs, or its error (RequestError for a bad request, naming the input).
+
+    A batched model's valid requests go through one call (serving/engine_batch.py); if that call
+    fails they are run one by one, so a request that breaks the engine fails alone."""
+    results: list[dict[str, np.ndarray] | Exception] = []
+    for arrays in requests:
+        try:
+            validate_inputs(sig, arrays)
+            results.append(arrays)
+        except RequestError as exc:
+            results.append(exc)
+    valid = [i for i, r in enumerate(results) if not isinstance(r, Exception)]
+    batching = BATCHING.get(sig.name) if sig.batched else None
+    if batching is not None and len(valid) > 1:
+        batch = [requests[i] for i in valid]
+        try:
+            outputs = dict(zip(sig.output_names, session.run(sig.output_names, batching.gather(batch)), strict=True))
+            for i, out in zip(valid, batching.scatter(outputs, batch), strict=True):
+                results[i] = out
+            return results
+        except Exception:  # isolate the request that broke the call: run them one by one
+            pass
+    for i in valid:
+        feeds = {name: requests[i][name] for name in sig.input_names if name in requests[i]}
+        try:
+            results[i] = dict(zip(sig.output_names, session.run(sig.output_names, feeds), strict=True))
+        except Exception as exc:  # an engine failure is this request's answer, not the batch's
+            results[i] = exc
+    return results

@@ -1,9 +1,10 @@
-"""The ranker's request path, independent of Triton: one function per route.
+"""The ranker's request path, independent of Triton: one function per route, a batch at a time.
 
-``rank`` scores one request with an async ``ScoreFn`` (one scorer call: a BLS request in
-serving/triton/ranker_model.py, ONNX Runtime in tests). The user side goes unchanged into
-every micro-batch call; only the candidates are split. When heavy fails or runs late inside
-a cascade or an auto plan, the light ranking is the answer (route "light", ``fallback``
+``rank_batch`` ranks every request of one execute() together: auto's routes are planned for the
+batch (routing.plan_batch), then each request runs its route as its own coroutine and asks a
+shared ScoreBatcher for scores, which makes one scorer call per tier (per micro-batch) for all
+of them. The user side is never tiled per candidate. When heavy fails or runs late inside a
+cascade or an auto plan, that request's light ranking is its answer (route "light", ``fallback``
 says why); an explicit ``heavy`` has no fallback.
 """
 
@@ -11,27 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
 from serving import arrays
 from serving.arrays import Array, cascade_merge, top_k_indices
-from serving.composition import SharedState, scorer_inputs
+from serving.batcher import CallFn, CallPlan, ScoreBatcher, ScorerError
+from serving.composition import SharedState
 from serving.load_meter import LoadMeter
 from serving.request import RequestOptions
-from serving.routing import TIERS, AutoPlan, CostModel, RoutePolicy, TierCost, plan_auto, settle_auto
-
-# score_fn(tier, inputs) -> scores [n]; tier is "light" or "heavy"; arrays of one library.
-ScoreFn = Callable[[str, dict[str, Array]], Awaitable[Array]]
+from serving.routing import TIERS, AutoPlan, BatchItem, CostModel, RoutePolicy, TierCost, plan_batch, settle_auto
 
 # Parameters Triton itself reads from the ranker's config; not the ranker's.
 TRITON_PARAMETERS = frozenset({"FORCE_CPU_ONLY_INPUT_TENSORS"})
-
-
-class ScorerError(RuntimeError):
-    """A scorer call failed (not the client's fault); the message names the scorer."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +41,7 @@ class RankerConfig:
     policy: RoutePolicy = RoutePolicy()
     light: TierCost = TierCost(2.0, 0.002)  # cost-model priors (ms), replaced by timings
     heavy: TierCost = TierCost(3.0, 0.02)
-    micro_batch: int = 512
+    calls: CallPlan = CallPlan()  # how a tier's candidates are split into scorer calls
     default_top_k: int = 10
     tensor_library: str = "numpy"  # serving/arrays.py LIBRARIES
     heavy_timeout_ms: float = 2000.0
@@ -54,10 +49,8 @@ class RankerConfig:
     metrics_interval_ms: float = 250.0
 
     def __post_init__(self) -> None:
-        if self.micro_batch < 1 or self.default_top_k < 1:
-            raise ValueError(
-                f"micro_batch and default_top_k must be >= 1, got {self.micro_batch}, {self.default_top_k}"
-            )
+        if self.default_top_k < 1:
+            raise ValueError(f"default_top_k must be >= 1, got {self.default_top_k}")
         for name in ("heavy_timeout_ms", "load_window_ms", "metrics_interval_ms"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -69,11 +62,12 @@ class RankerConfig:
     def parameters(self) -> dict[str, str]:
         """The config's ``parameters`` map for this configuration (string values, as Triton's)."""
         out = {f.name: str(getattr(self.policy, f.name)) for f in fields(RoutePolicy)}
+        out.update({f.name: str(getattr(self.calls, f.name)) for f in fields(CallPlan)})
         for tier in TIERS:
             cost = self.priors[tier]
             out[f"{tier}_fixed_ms"], out[f"{tier}_per_candidate_ms"] = str(cost.fixed_ms), str(cost.per_candidate_ms)
         for f in fields(self):
-            if f.name not in ("policy", *TIERS):
+            if f.name not in _NESTED:
                 out[f.name] = str(getattr(self, f.name))
         return out
 
@@ -94,11 +88,13 @@ class RankerConfig:
                 raise ValueError(f"ranker parameter {key!r} must be {type(like).__name__}, got {raw!r}") from None
 
         policy = RoutePolicy(**{f.name: value(f.name, getattr(default.policy, f.name)) for f in fields(RoutePolicy)})
+        calls = CallPlan(**{f.name: value(f.name, getattr(default.calls, f.name)) for f in fields(CallPlan)})
         costs = {t: TierCost(value(f"{t}_fixed_ms", 0.0), value(f"{t}_per_candidate_ms", 0.0)) for t in TIERS}
-        rest = {
-            f.name: value(f.name, getattr(default, f.name)) for f in fields(cls) if f.name not in ("policy", *TIERS)
-        }
-        return replace(default, policy=policy, **costs, **rest)
+        rest = {f.name: value(f.name, getattr(default, f.name)) for f in fields(cls) if f.name not in _NESTED}
+        return replace(default, policy=policy, calls=calls, **costs, **rest)
+
+
+_NESTED = ("policy", "calls", *TIERS)  # RankerConfig fields whose own fields are the parameters
 
 
 @dataclass
@@ -110,13 +106,13 @@ class RankerState:
 
     policy: RoutePolicy
     cost: CostModel
-    micro_batch: int = 512
+    calls: CallPlan = CallPlan()
     load: LoadMeter | None = None
 
     @classmethod
     def from_config(cls, cfg: RankerConfig) -> RankerState:
         load = LoadMeter(cfg.load_window_ms / 1e3) if cfg.load_window_ms > 0 else None
-        return cls(cfg.policy, CostModel(cfg.priors), cfg.micro_batch, load)
+        return cls(cfg.policy, CostModel(cfg.priors), cfg.calls, load)
 
     def wait_ms(self) -> float:
         """How long a request starting now has likely queued (0 when load-unaware)."""
@@ -172,49 +168,19 @@ class Fallback:
     detail: str
 
 
-def micro_batches(n: int, size: int) -> list[slice]:
-    """Split 0..n into ceil(n / size) contiguous, balanced slices, in order.
+@dataclass(frozen=True)
+class RankItem:
+    """One request as the ranker ranks it."""
 
-    Balanced (lengths differ by at most one) so concurrent scorer calls finish
-    together: n=1025, size=512 gives 342, 342, 341 instead of 512, 512, 1.
-    n = 0 gives no slices.
-    """
-    if size < 1:
-        raise ValueError(f"micro-batch size must be >= 1, got {size}")
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    if n == 0:
-        return []
-    count = -(-n // size)
-    base, extra = divmod(n, count)  # the first `extra` slices get one more
-    out, start = [], 0
-    for i in range(count):
-        stop = start + base + (i < extra)
-        out.append(slice(start, stop))
-        start = stop
-    return out
-
-
-async def score_tier(
-    score_fn: ScoreFn, state: RankerState, tier: str, shared: SharedState, candidate_emb: Array
-) -> Array:
-    """Scores [n] of ``tier`` over ``candidate_emb`` [n, C, E], micro-batches issued concurrently;
-    the wall time feeds the cost model."""
-    n = candidate_emb.shape[0]
-    start = time.perf_counter()
-    parts = await asyncio.gather(
-        *(score_fn(tier, scorer_inputs(tier, shared, candidate_emb[s])) for s in micro_batches(n, state.micro_batch))
-    )
-    elapsed_ms = (time.perf_counter() - start) * 1e3
-    scores = arrays.float32(arrays.concatenate(parts))  # (n,) on the first part's device
-    if tuple(scores.shape) != (n,):
-        raise ScorerError(f"{tier} scorer returned {scores.shape[0]} scores for {n} candidates")
-    state.cost.observe(tier, n, elapsed_ms)
-    return scores
+    shared: SharedState
+    candidate_emb: Array  # (N, C, E)
+    route: str  # asked: auto | light | heavy | cascade
+    k: int
+    timing: RequestTime
 
 
 async def heavy_within(
-    score_fn: ScoreFn, state: RankerState, shared: SharedState, candidate_emb: Array, timing: RequestTime
+    scorer: ScoreBatcher, shared: SharedState, candidate_emb: Array, timing: RequestTime
 ) -> Array | Fallback:
     """Heavy scores of ``candidate_emb`` [m, C, E], or why there are none: it failed, or did not
     answer by the request's heavy deadline."""
@@ -222,7 +188,7 @@ async def heavy_within(
     try:
         if remaining_s <= 0:
             raise TimeoutError
-        return await asyncio.wait_for(score_tier(score_fn, state, "heavy", shared, candidate_emb), remaining_s)
+        return await asyncio.wait_for(scorer.score("heavy", shared, candidate_emb), remaining_s)
     except ScorerError as exc:
         return Fallback("error", str(exc))
     except TimeoutError:
@@ -237,70 +203,92 @@ def _fell_back(result: RankResult, fallback: Fallback) -> RankResult:
     return replace(result, route="light", fallback=fallback.reason, fallback_detail=fallback.detail)
 
 
-async def rank_light(
-    score_fn: ScoreFn,
-    state: RankerState,
-    shared: SharedState,
-    candidate_emb: Array,
-    k: int,
-    plan: AutoPlan | None = None,
-) -> RankResult:
-    light = await score_tier(score_fn, state, "light", shared, candidate_emb)
-    return _result(light, k, "light", {"light": candidate_emb.shape[0]}, plan)
+async def rank_light(scorer: ScoreBatcher, item: RankItem, plan: AutoPlan | None = None) -> RankResult:
+    light = await scorer.score("light", item.shared, item.candidate_emb)
+    return _result(light, item.k, "light", {"light": item.candidate_emb.shape[0]}, plan)
 
 
-async def rank_heavy(
-    score_fn: ScoreFn, state: RankerState, shared: SharedState, candidate_emb: Array, k: int
-) -> RankResult:
+async def rank_heavy(scorer: ScoreBatcher, item: RankItem) -> RankResult:
     """Asked for heavy: its ScorerError is the answer (nothing to fall back to)."""
-    heavy = await score_tier(score_fn, state, "heavy", shared, candidate_emb)
-    return _result(heavy, k, "heavy", {"heavy": candidate_emb.shape[0]}, None)
+    heavy = await scorer.score("heavy", item.shared, item.candidate_emb)
+    return _result(heavy, item.k, "heavy", {"heavy": item.candidate_emb.shape[0]}, None)
 
 
 async def rank_cascade(
-    score_fn: ScoreFn,
-    state: RankerState,
-    shared: SharedState,
-    candidate_emb: Array,
-    k: int,
-    timing: RequestTime,
-    plan: AutoPlan | None = None,
+    scorer: ScoreBatcher, state: RankerState, item: RankItem, plan: AutoPlan | None = None
 ) -> RankResult:
     """Light on all N, heavy re-scores light's top M (an auto plan's M, else the policy's); a
     planned cascade stops at light when light is confident (settle_auto)."""
-    n = candidate_emb.shape[0]
-    light = await score_tier(score_fn, state, "light", shared, candidate_emb)
+    n, k = item.candidate_emb.shape[0], item.k
+    light = await scorer.score("light", item.shared, item.candidate_emb)
     # light_confidence is one O(N) pass on the host: N floats copied on the torch path
     if plan is not None and settle_auto(plan, arrays.to_numpy(light), k, state.policy) == "light":
         return _result(light, k, "light", {"light": n}, plan)
     m = plan.m if plan is not None else state.policy.cascade_size(n, k)
     top = top_k_indices(light, m)
-    heavy = await heavy_within(score_fn, state, shared, arrays.take(candidate_emb, top), timing)  # (M, C, E) in
+    heavy = await heavy_within(scorer, item.shared, arrays.take(item.candidate_emb, top), item.timing)  # (M, C, E)
     if isinstance(heavy, Fallback):
         return _fell_back(_result(light, k, "light", {"light": n}, plan), heavy)
     return _result(cascade_merge(light, heavy, top), k, "cascade", {"light": n, "heavy": m}, plan)
 
 
-async def rank_auto(
-    score_fn: ScoreFn, state: RankerState, shared: SharedState, candidate_emb: Array, k: int, timing: RequestTime
-) -> RankResult:
-    """The best route predicted to fit what is left of the budget (routing.plan_auto): the
-    client's stamp says what was spent, else the instance's measured load."""
-    n = candidate_emb.shape[0]
-    wait = state.wait_ms() if timing.waited_ms is None else timing.waited_ms
-    plan = plan_auto(state.cost, n, k, timing.budget_ms, wait, state.policy)
+async def rank_planned(scorer: ScoreBatcher, state: RankerState, item: RankItem, plan: AutoPlan) -> RankResult:
+    """An auto request on its planned route; heavy's failure or lateness falls back to light."""
     if plan.route == "cascade":
-        return await rank_cascade(score_fn, state, shared, candidate_emb, k, timing, plan)
+        return await rank_cascade(scorer, state, item, plan)
     if plan.route == "heavy":
-        heavy = await heavy_within(score_fn, state, shared, candidate_emb, timing)
+        heavy = await heavy_within(scorer, item.shared, item.candidate_emb, item.timing)
         if not isinstance(heavy, Fallback):
-            return _result(heavy, k, "heavy", {"heavy": n}, plan)
-        return _fell_back(await rank_light(score_fn, state, shared, candidate_emb, k, plan), heavy)
-    return await rank_light(score_fn, state, shared, candidate_emb, k, plan)
+            return _result(heavy, item.k, "heavy", {"heavy": item.candidate_emb.shape[0]}, plan)
+        return _fell_back(await rank_light(scorer, item, plan), heavy)
+    return await rank_light(scorer, item, plan)
+
+
+async def _rank_one(scorer: ScoreBatcher, state: RankerState, item: RankItem, plan: AutoPlan | None) -> RankResult:
+    if item.route == "auto":
+        return await rank_planned(scorer, state, item, plan)
+    if item.route == "cascade":
+        return await rank_cascade(scorer, state, item)
+    if item.route == "heavy":
+        return await rank_heavy(scorer, item)
+    if item.route == "light":
+        return await rank_light(scorer, item)
+    raise ValueError(f"unknown route {item.route!r}")
+
+
+def plan_items(state: RankerState, items: Sequence[RankItem]) -> list[AutoPlan | None]:
+    """auto's routes for the batch: what each request already spent is its client's stamp when it
+    sent one, else the instance's measured load (serving/load_meter.py)."""
+    wait = state.wait_ms()
+    batch = [
+        BatchItem(
+            it.route,
+            it.candidate_emb.shape[0],
+            it.k,
+            it.timing.budget_ms,
+            wait if it.timing.waited_ms is None else it.timing.waited_ms,
+        )
+        for it in items
+    ]
+    return plan_batch(state.cost, batch, state.policy)
+
+
+async def rank_batch(call_fn: CallFn, state: RankerState, items: Sequence[RankItem]) -> list[RankResult | ScorerError]:
+    """Rank one execute()'s requests together (one scorer call per tier per micro-batch); each
+    entry is the request's result, or the ScorerError of its explicit heavy route."""
+    scorer = ScoreBatcher(call_fn, state.cost, state.calls)
+    plans = plan_items(state, items)
+    outcomes = await asyncio.gather(
+        *(_rank_one(scorer, state, it, plan) for it, plan in zip(items, plans)), return_exceptions=True
+    )
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, ScorerError):
+            raise outcome
+    return list(outcomes)
 
 
 async def rank(
-    score_fn: ScoreFn,
+    call_fn: CallFn,
     state: RankerState,
     shared: SharedState,
     candidate_emb: Array,  # (N, C, E)
@@ -309,22 +297,17 @@ async def rank(
     timing: RequestTime,
 ) -> RankResult:
     """Score one request on ``route`` (auto resolves to light, heavy or cascade); its top k."""
-    if route == "auto":
-        return await rank_auto(score_fn, state, shared, candidate_emb, k, timing)
-    if route == "cascade":
-        return await rank_cascade(score_fn, state, shared, candidate_emb, k, timing)
-    if route == "heavy":
-        return await rank_heavy(score_fn, state, shared, candidate_emb, k)
-    if route == "light":
-        return await rank_light(score_fn, state, shared, candidate_emb, k)
-    raise ValueError(f"unknown route {route!r}")
+    (outcome,) = await rank_batch(call_fn, state, [RankItem(shared, candidate_emb, route, k, timing)])
+    if isinstance(outcome, ScorerError):
+        raise outcome
+    return outcome
 
 
 def response_arrays(candidate_ids: Array, result: RankResult) -> dict[str, Array]:
-    """The ranker's outputs for one result (names and dtypes as contract.RANKER)."""
+    """The ranker's outputs for one request (contract.RANKER: batch dim 1); ``candidate_ids`` [1, N]."""
     return {
-        "top_ids": arrays.take(candidate_ids, result.top_idx),  # (K,) int64
-        "top_scores": arrays.float32(arrays.take(result.scores, result.top_idx)),  # (K,)
-        "scores": arrays.float32(result.scores),  # (N,)
-        "route": np.array([result.route.encode()], dtype=np.object_),  # BYTES has no DLPack form
+        "top_ids": arrays.take(candidate_ids[0], result.top_idx)[None],  # (1, K) int64
+        "top_scores": arrays.float32(arrays.take(result.scores, result.top_idx))[None],  # (1, K)
+        "scores": arrays.float32(result.scores)[None],  # (1, N)
+        "route": np.array([[result.route.encode()]], dtype=np.object_),  # (1, 1) BYTES has no DLPack form
     }

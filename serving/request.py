@@ -132,4 +132,5 @@ def parse_request(
     """Validate a ranker request's inputs (contract.RANKER), parameters and ``top_k``."""
     sizes = validate_inputs(RANKER, inputs)
     options = parse_parameters(raw_parameters, default_budget_ms)
-    return RankerRequest(options, parse_top_k(inputs.get("top_k"), sizes["N"], default_top_k))
+    top_k = inputs.get("top_k")  # (1, 1): the one user's [1]
+    return RankerRequest(options, parse_top_k(None if top_k is None else top_k[0], sizes["N"], default_top_k))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -220,6 +220,69 @@ def plan_auto(cost: CostModel, n: int, k: int, budget_ms: float, wait_ms: float,
             route = candidate
             break
     return AutoPlan(route, m, budget_ms, wait_ms, predicted)
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One request of a batch as routing sees it: the route asked for ("auto" or a fixed one)."""
+
+    route: str
+    n: int
+    k: int
+    budget_ms: float
+    wait_ms: float  # time already spent (the client's stamp) or the likely queueing before the ranker
+
+
+def _batch_latency(cost: CostModel, routes: list[str], items: Sequence[BatchItem], ms: list[int]) -> dict[str, float]:
+    """Predicted latency per route when the batch's requests take ``routes``: a tier's calls are
+    shared, so each stage costs its tier on the batch's total candidates (stage 1: light for light
+    and cascade requests, beside heavy for heavy ones; stage 2: heavy on the cascades' top M)."""
+    light_n = sum(it.n for it, r in zip(items, routes) if r in ("light", "cascade"))
+    heavy_n = sum(it.n for it, r in zip(items, routes) if r == "heavy")
+    rescored = sum(m for m, r in zip(ms, routes) if r == "cascade")
+    light = cost.predicted_ms("light", light_n) if light_n else 0.0
+    return {
+        "light": light,
+        "heavy": cost.predicted_ms("heavy", heavy_n) if heavy_n else 0.0,
+        "cascade": light + (cost.predicted_ms("heavy", rescored) if rescored else 0.0),
+    }
+
+
+def plan_batch(cost: CostModel, items: Sequence[BatchItem], policy: RoutePolicy) -> list[AutoPlan | None]:
+    """Routes for the "auto" requests of one batch (None for the others), chosen together.
+
+    Every auto request starts on light; then, the one with the least budget left first, each is
+    moved to heavy, else to cascade, if it fits there and every auto request that fitted before
+    still fits (a heavier route for one makes the shared calls slower for all). Tightest first: a
+    request with budget to spare can still take a cascade (light + heavy on its top M) after the
+    tight ones took heavy. For a batch of one this is ``plan_auto``.
+    "Fits": wait_ms + predicted * safety_factor <= budget_ms.
+    """
+    for it in items:
+        if it.n < 1 or it.k < 1:
+            raise ValueError(f"n and k must be >= 1, got n={it.n}, k={it.k}")
+        if not (math.isfinite(it.wait_ms) and it.wait_ms >= 0):
+            raise ValueError(f"wait_ms must be finite and >= 0, got {it.wait_ms}")
+    ms = [policy.cascade_size(it.n, it.k) for it in items]
+    routes = ["light" if it.route == "auto" else it.route for it in items]
+    autos = [i for i, it in enumerate(items) if it.route == "auto"]
+
+    def fitting(latency: dict[str, float]) -> set[int]:
+        return {i for i in autos if items[i].wait_ms + latency[routes[i]] * policy.safety_factor <= items[i].budget_ms}
+
+    for i in sorted(autos, key=lambda j: items[j].budget_ms - items[j].wait_ms):
+        before = fitting(_batch_latency(cost, routes, items, ms))
+        for candidate in ("heavy", "cascade"):
+            routes[i] = candidate
+            after = fitting(_batch_latency(cost, routes, items, ms))
+            if i in after and (before - {i}) <= after:
+                break
+            routes[i] = "light"
+    latency = _batch_latency(cost, routes, items, ms)
+    return [
+        AutoPlan(routes[i], ms[i], it.budget_ms, it.wait_ms, dict(latency)) if it.route == "auto" else None
+        for i, it in enumerate(items)
+    ]
 
 
 def settle_auto(plan: AutoPlan, light_scores: np.ndarray, k: int, policy: RoutePolicy) -> str:

@@ -17,6 +17,7 @@ import torch
 
 from export.samples import random_inputs
 from serving import arrays as tensors
+from serving.batcher import CallPlan
 from serving.composition import SharedState
 from serving.contract import MODELS, RANKER, SCORER_HEAVY, ModelSignature, RequestError
 from serving.contract import validate_inputs as validate_numpy_inputs
@@ -222,7 +223,7 @@ def _mutations(sig_name: str) -> list[tuple[str, object]]:
 def test_validate_inputs_torch_gives_numpy_messages(name: str):
     """Every value check fails the same way, with the same message, on tensors as on arrays."""
     sig = MODELS[name]
-    base = random_inputs(sig, SIZES, np.random.default_rng(0))
+    base = random_inputs(sig, {**SIZES, "B": 1} if sig.batched else SIZES, np.random.default_rng(0))  # one user
     assert tensors.validate_inputs(sig, as_torch(base)) == validate_numpy_inputs(sig, base)
     mutations = _mutations(name)
     assert mutations, f"{name} has no value-checked input"
@@ -237,16 +238,17 @@ def test_validate_inputs_torch_gives_numpy_messages(name: str):
 @pytest.mark.parametrize(
     "mutate, match",
     [
-        (lambda a: a.update(candidate_ids=a["candidate_ids"][:-1]), "'candidate_ids' has N=6"),
+        (lambda a: a.update(candidate_ids=a["candidate_ids"][:, :-1]), "'candidate_ids' has N=6"),
         (lambda a: a.update(candidate_emb=a["candidate_emb"].astype(np.float64)), "'candidate_emb' must be FP32"),
         (lambda a: a.pop("history_kv"), "missing required input 'history_kv'"),
         (lambda a: a.update(user_state=a["user_state"][None]), "'user_state' must have 2 dims"),
-        (lambda a: a.update(candidate_emb=a["candidate_emb"][:, :3]), "'candidate_emb' dim 1 must be 4"),
+        (lambda a: a.update(candidate_emb=a["candidate_emb"][:, :, :3]), "'candidate_emb' dim 2 must be 4"),
+        (lambda a: a.update(user_state=np.concatenate([a["user_state"]] * 2)), "'user_state' must hold one user"),
     ],
-    ids=["n-mismatch", "dtype", "missing", "rank", "fixed-dim"],
+    ids=["n-mismatch", "dtype", "missing", "rank", "fixed-dim", "two-users"],
 )
 def test_validate_inputs_torch_shapes_and_dtypes(mutate, match: str):
-    arrays = random_inputs(RANKER, {**SIZES, "N": 7}, np.random.default_rng(1))
+    arrays = random_inputs(RANKER, {**SIZES, "N": 7, "B": 1}, np.random.default_rng(1))
     mutate(arrays)
     for given in (arrays, as_torch(arrays)):
         with pytest.raises(RequestError, match=match):
@@ -278,15 +280,19 @@ def scorer(heavy_fails: bool = False):
         for name, value in inputs.items():
             seen.append((tier, name, f"{type(value).__module__}:{value.dtype}"))
         host = {k: tensors.to_numpy(v) for k, v in inputs.items()}
-        emb = host["candidate_emb"].reshape(host["candidate_emb"].shape[0], -1)  # (n, C * E)
-        assert not host["candidate_user"].any()
-        user = host["user_state"][host["candidate_user"]]  # (n, D): the broadcast row
-        logits = emb[:, :D] @ np.ones(D, np.float32) * 0.3 + user.sum(axis=1) * 0.1
+        # light: candidates (n, C, E) of user rows candidate_user; heavy: one block (1, n, C, E) of user 0
+        cand = host["candidate_emb"] if tier == "light" else host["candidate_emb"][0]
+        emb = cand.reshape(cand.shape[0], -1)  # (n, C * E)
+        if tier == "light":
+            assert not host["candidate_user"].any()
+        assert host["user_state"].shape[0] == 1  # the one user row, never tiled
+        logits = emb[:, :D] @ np.ones(D, np.float32) * 0.3 + host["user_state"][0].sum() * 0.1
         if tier == "heavy":
             if heavy_fails:
                 raise ScorerError("scorer_heavy: injected")
             logits = logits - emb[:, D:].mean(axis=1) + host["history_kv"][0, : int(host["history_len"][0])].mean()
         scores = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)  # (n,)
+        scores = scores if tier == "light" else scores[None]  # heavy answers (B, n)
         return torch.from_numpy(scores) if tensors.is_torch(inputs["candidate_emb"]) else scores
 
     score_fn.seen = seen
@@ -300,9 +306,10 @@ def _rank(library: str, route: str, budget_ms: float, threshold: float, heavy_fa
     emb[::7] = emb[0]  # ties in the scores, across micro-batches
     if library == "torch":
         user_state, history_kv, emb = (torch.from_numpy(a) for a in (user_state, history_kv, emb))
-    state = RankerState(RoutePolicy(cascade_m=16, confidence_threshold=threshold), CostModel(PRIORS), micro_batch=128)
+    calls = CallPlan(micro_batch=128, split_min=128)
+    state = RankerState(RoutePolicy(cascade_m=16, confidence_threshold=threshold), CostModel(PRIORS), calls)
     score_fn = scorer(heavy_fails)
-    shared = SharedState.from_tower(user_state, history_kv)
+    shared = SharedState(user_state, history_kv[None])
     result = asyncio.run(rank(score_fn, state, shared, emb, route, K, RequestTime.now(budget_ms, heavy_ms=1e4)))
     return result, score_fn.seen
 
@@ -334,4 +341,4 @@ def test_rank_torch_equals_numpy(route: str, budget_ms: float, threshold: float,
     assert {s.split(":")[0] for _, _, s in seen_torch} == {"torch"}
     assert [(t, n) for t, n, _ in seen_numpy] == [(t, n) for t, n, _ in seen_torch]
     dtypes = {n: s.split(":")[1] for _, n, s in seen_torch}
-    assert dtypes["candidate_user"] == "torch.int64" and dtypes["candidate_emb"] == "torch.float32"
+    assert dtypes.get("candidate_user", "torch.int64") == "torch.int64" and dtypes["candidate_emb"] == "torch.float32"

@@ -142,7 +142,7 @@ def test_cli_world_request(capsys, triton_server, grpc_client, world, output):
 
 def test_request_file_round_trip(request_, request_file):
     loaded = load_request(request_file)
-    for name, array in request_.arrays().items():
+    for name, array in request_.fields().items():
         np.testing.assert_array_equal(getattr(loaded, name), array)
         assert getattr(loaded, name).dtype == np.int64
 

@@ -20,7 +20,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from serving.arrays import LIBRARIES
-from serving.contract import DIM_LIMITS, ENGINE_MODELS, MODELS, ModelSignature, TensorSpec
+from serving.contract import B_MAX, DIM_LIMITS, ENGINE_MODELS, MODELS, ModelSignature, TensorSpec
 from serving.ranker import RankerConfig
 
 REPO = Path(__file__).resolve().parents[1] / "model_repository"
@@ -65,8 +65,11 @@ def test_config_matches_signature(path: Path):
     cfg = load_config(path)
     folder = _model_dir(path).name
     assert cfg.name == folder
-    assert cfg.max_batch_size == 0
     sig = MODELS[cfg.name]
+    # A batched model's config leaves out the batch dim; TensorRT profiles stop at B_MAX.
+    assert (cfg.max_batch_size > 0) == sig.batched, f"max_batch_size {cfg.max_batch_size} of {path}"
+    assert cfg.max_batch_size <= B_MAX
+    python_batched = sig.batched and cfg.backend == "python"
     for kind, specs in (("input", sig.inputs), ("output", sig.outputs)):
         tensors = _tensors(cfg, kind)
         assert len(tensors) == len(getattr(cfg, kind)), f"duplicate {kind} names in {path}"
@@ -74,9 +77,13 @@ def test_config_matches_signature(path: Path):
         for spec in specs:
             t = tensors[spec.name]
             assert mc.DataType.Name(t.data_type) == CONFIG_DTYPE[spec.dtype], f"{kind} '{spec.name}' dtype"
-            assert list(t.dims) == spec.config_dims, f"{kind} '{spec.name}' dims"
+            assert list(t.dims) == sig.config_dims(spec), f"{kind} '{spec.name}' dims"
             if kind == "input":
                 assert t.optional == spec.optional, f"input '{spec.name}' optional flag"
+                # The Python runners batch requests of any L and N; Triton batches requests whose
+                # variable dims differ only for ragged inputs. TensorRT takes no ragged batch here.
+                ragged = python_batched and any(d == "L" or d == "N" for d in spec.dims)
+                assert t.allow_ragged_batch == ragged, f"input '{spec.name}' allow_ragged_batch in {path}"
 
 
 @pytest.mark.parametrize("name", sorted(ENGINE_MODELS), ids=str)
@@ -205,8 +212,9 @@ def test_onnx_matches_config(name: str, profile: str, onnx_graphs: dict[str, onn
             assert onnx.helper.tensor_dtype_to_np_dtype(elem) == np.dtype(spec.numpy_dtype), f"'{spec.name}' dtype"
             assert mc.DataType.Name(t.data_type) == CONFIG_DTYPE[spec.dtype]
             dims = _onnx_dims(value)
-            assert len(dims) == len(t.dims) == len(spec.dims), f"'{spec.name}' rank"
-            for axis, (d_onnx, d_cfg, d_sig) in enumerate(zip(dims, t.dims, spec.dims)):
+            cfg_dims = ([-1] if sig.batched else []) + list(t.dims)  # the batch dim is implicit in the config
+            assert len(dims) == len(cfg_dims) == len(spec.dims), f"'{spec.name}' rank"
+            for axis, (d_onnx, d_cfg, d_sig) in enumerate(zip(dims, cfg_dims, spec.dims)):
                 where = f"{kind} '{spec.name}' axis {axis}: ONNX {dims}, config {list(t.dims)}"
                 if d_cfg != -1:
                     assert d_onnx == d_cfg, where

@@ -37,6 +37,7 @@ from tritonclient.utils import InferenceServerException
 
 from client.ranking_client import RankingRequest, infer
 from perf.repository import repository_copy
+from serving.batcher import CallPlan
 from serving.composition import SharedState
 from serving.contract import RankingResult
 from serving.inprocess import InProcessRanker
@@ -60,11 +61,12 @@ PRIORS = {"light": TierCost(1.0, 0.001), "heavy": TierCost(2.0, 0.01)}
 
 
 def _state(**kw: object) -> RankerState:
-    return RankerState(RoutePolicy(cascade_m=8, confidence_threshold=1.0), CostModel(PRIORS), micro_batch=16, **kw)
+    calls = CallPlan(micro_batch=16, split_min=16)
+    return RankerState(RoutePolicy(cascade_m=8, confidence_threshold=1.0), CostModel(PRIORS), calls, **kw)
 
 
 def _shared() -> SharedState:
-    return SharedState.from_tower(np.ones((1, D), np.float32), np.ones((6, D), np.float32))
+    return SharedState(np.ones((1, D), np.float32), np.ones((1, 6, D), np.float32))
 
 
 def _emb() -> np.ndarray:
@@ -75,7 +77,8 @@ def scripted(heavy: str, delay_s: float = 0.0):
     """A ScoreFn: light = mean of the embedding, heavy = 1 - that, or a failure / a delay."""
 
     async def score_fn(tier: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        emb = inputs["candidate_emb"].reshape(inputs["candidate_emb"].shape[0], -1).mean(axis=1)
+        cand = inputs["candidate_emb"]  # light (n, C, E); heavy blocks (B, n, C, E)
+        emb = cand.reshape(*cand.shape[: 1 if tier == "light" else 2], -1).mean(axis=-1)
         if tier == "light":
             return emb
         if heavy == "fail":
@@ -350,8 +353,9 @@ def supervised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervisor]
 
 
 def declared(name: str, array: np.ndarray) -> list[int]:
-    """The shape a crashing request declares: candidate_ids as [HUGE], the others as they are."""
-    return [HUGE] if name == "candidate_ids" else list(array.shape)
+    """The shape a crashing request declares: candidate_ids as [1, HUGE] (one user, the contract's
+    rank, so Triton's shape check passes), the others as they are."""
+    return [1, HUGE] if name == "candidate_ids" else list(array.shape)
 
 
 def kill_stub(sup: Supervisor) -> str:
@@ -362,7 +366,7 @@ def kill_stub(sup: Supervisor) -> str:
 
 
 def request_that_kills_a_stub(sup: Supervisor) -> str:
-    """gRPC, raw contents: candidate_ids declared [2**61] with no bytes. 2.51 checks the byte size
+    """gRPC, raw contents: candidate_ids declared [1, 2**61] with no bytes. 2.51 checks the byte size
     (wrapped to 0) and passes the request on; the stub dies building the NumPy array, before
     any model code runs (so no check in the model repository can catch it)."""
     request = service_pb2.ModelInferRequest(model_name="adaptive_ranking")
@@ -380,7 +384,7 @@ def request_that_kills_a_stub(sup: Supervisor) -> str:
 
 
 def request_that_aborts_the_server(sup: Supervisor) -> str:
-    """HTTP, JSON data: candidate_ids declared [2**61]. 2.51 sizes a buffer for the declared shape
+    """HTTP, JSON data: candidate_ids declared [1, 2**61]. 2.51 sizes a buffer for the declared shape
     before it reads the data: std::length_error, the server aborts and the connection drops."""
     inputs = [
         {"name": k, "shape": declared(k, v), "datatype": "INT64", "data": v.ravel().tolist()}

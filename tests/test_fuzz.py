@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from client.ranking_client import MODEL_NAME, RankingRequest, infer
-from serving.contract import ADAPTIVE_RANKING, REQUEST_PARAMETERS, ROUTES, RequestError, validate_inputs
+from serving.contract import ADAPTIVE_RANKING, REQUEST_PARAMETERS, ROUTES, RequestError, as_request, validate_inputs
 from serving.inprocess import InProcessRanker
 from serving.request import parse_parameters, parse_top_k
 from serving.server.launcher import REPO_ROOT
@@ -127,7 +127,7 @@ def requests(draw: st.DrawFn) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         if presence == "wrong-dtype":
             dtype_name = draw(st.sampled_from([d for d in DTYPES if d != spec.dtype]))
         if spec.name == "top_k" and dtype_name == "INT32" and presence == "normal":
-            arrays[spec.name] = np.array([draw(st.integers(-3, 20))], dtype=np.int32)
+            arrays[spec.name] = np.array([[draw(st.integers(-3, 20))]], dtype=np.int32)  # (1, 1)
             continue
         arrays[spec.name] = _values(draw, dtype_name, tuple(dims), chaos)
     if chaos and draw(st.integers(0, 15)) == 0:
@@ -164,7 +164,7 @@ def contract_verdict(arrays: dict[str, np.ndarray], params: dict[str, Any]) -> t
     try:
         sizes = validate_inputs(ADAPTIVE_RANKING, arrays)
         options = parse_parameters(params, DEFAULT_BUDGET_MS)
-        parse_top_k(arrays.get("top_k"), sizes["N"], DEFAULT_TOP_K)
+        parse_top_k(arrays["top_k"][0] if "top_k" in arrays else None, sizes["N"], DEFAULT_TOP_K)
     except RequestError:
         return False, ""
     return True, options.route
@@ -222,10 +222,10 @@ def test_random_requests_follow_the_contract(grpc_client, ranker, reference_befo
         assert any(name in error.message() for name in NAMES), error.message()
         return
     response = send(grpc_client, arrays, params)
-    n = arrays["candidate_ids"].shape[0]
-    k = parse_top_k(arrays.get("top_k"), n, DEFAULT_TOP_K)
-    served_route = response.as_numpy("route")[0].decode()
-    scores, top_ids = response.as_numpy("scores"), response.as_numpy("top_ids")
+    n = arrays["candidate_ids"].shape[1]  # (1, N): one user
+    k = parse_top_k(arrays["top_k"][0] if "top_k" in arrays else None, n, DEFAULT_TOP_K)
+    served_route = response.as_numpy("route")[0, 0].decode()
+    scores, top_ids = response.as_numpy("scores")[0], response.as_numpy("top_ids")[0]
     assert served_route in FIXED_ROUTES
     assert scores.shape == (n,) and top_ids.shape == (k,)
     assert np.all(np.isfinite(scores))
@@ -259,12 +259,14 @@ def test_server_unchanged_after_fuzzing(grpc_client, reference_before):
 )
 def test_values_triton_does_not_check_are_checked_by_the_models(grpc_client, params, name):
     rng = np.random.default_rng(1)
-    arrays = {
-        "user_features": np.array([1, 2, 3, 0], dtype=np.int64),
-        "history_ids": rng.integers(0, 100, 4).astype(np.int64),
-        "candidate_ids": rng.integers(0, 100, 6).astype(np.int64),
-        "candidate_features": rng.integers(0, 5, (6, 3)).astype(np.int64),
-    }
+    arrays = as_request(
+        {
+            "user_features": np.array([1, 2, 3, 0], dtype=np.int64),
+            "history_ids": rng.integers(0, 100, 4).astype(np.int64),
+            "candidate_ids": rng.integers(0, 100, 6).astype(np.int64),
+            "candidate_features": rng.integers(0, 5, (6, 3)).astype(np.int64),
+        }
+    )
     with pytest.raises(InferenceServerException, match=name) as info:
         send(grpc_client, arrays, params)
     assert "INVALID_ARG" in str(info.value.status())
@@ -335,8 +337,8 @@ def test_non_finite_float_input_is_invalid_argument(grpc_client, ranker, float_i
     response = grpc_infer(grpc_client, model, arrays, **params)
     if model == "ranker":
         want = ranker.rank(float_inputs["public"], "light", DEFAULT_TOP_K)
-        np.testing.assert_allclose(response.as_numpy("scores"), want.scores, rtol=RTOL, atol=ATOL)
-        np.testing.assert_array_equal(response.as_numpy("top_ids"), want.top_ids)
+        np.testing.assert_allclose(response.as_numpy("scores")[0], want.scores, rtol=RTOL, atol=ATOL)
+        np.testing.assert_array_equal(response.as_numpy("top_ids")[0], want.top_ids)
     else:
         want = ranker.run(model, arrays)["scores"]
         np.testing.assert_allclose(response.as_numpy("scores"), want, rtol=RTOL, atol=ATOL)
@@ -402,10 +404,10 @@ def http_get(path: str) -> bytes:
 def _json_inputs(n: int = 6) -> list[dict[str, Any]]:
     rng = np.random.default_rng(3)
     return [
-        {"name": "user_features", "shape": [4], "datatype": "INT64", "data": [3, 1, 2, 0]},
-        {"name": "history_ids", "shape": [5], "datatype": "INT64", "data": rng.integers(0, 500, 5).tolist()},
-        {"name": "candidate_ids", "shape": [n], "datatype": "INT64", "data": rng.integers(0, 500, n).tolist()},
-        {"name": "candidate_features", "shape": [n, 3], "datatype": "INT64", "data": [1, 2, 3] * n},
+        {"name": "user_features", "shape": [1, 4], "datatype": "INT64", "data": [3, 1, 2, 0]},
+        {"name": "history_ids", "shape": [1, 5], "datatype": "INT64", "data": rng.integers(0, 500, 5).tolist()},
+        {"name": "candidate_ids", "shape": [1, n], "datatype": "INT64", "data": rng.integers(0, 500, n).tolist()},
+        {"name": "candidate_features", "shape": [1, n, 3], "datatype": "INT64", "data": [1, 2, 3] * n},
     ]
 
 
@@ -450,13 +452,13 @@ HTTP_CASES: dict[str, tuple[bytes, int | None, str]] = {
     "unknown-version": (http_post(f"/v2/models/{MODEL_NAME}/versions/99/infer", VALID_JSON), 404, "version 99"),
     # 1000 characters: at 5000, 2.51 answers 404 or 405 ("Method Not Allowed") from one request to the next.
     "long-model-name": (http_post(f"/v2/models/{'m' * 1000}/infer", VALID_JSON), 404, "unknown model"),
-    "binary-header-length-past-body": (binary_request(IDS6, [6], 48, 10_000), 400, "inference header size"),
-    "binary-header-length-negative": (binary_request(IDS6, [6], 48, -1), 400, "inference header size"),
-    "binary-header-length-inside-json": (binary_request(IDS6, [6], 48, 30), JSON_500, "failed to parse"),
-    "binary-size-past-body": (binary_request(IDS6, [6], 96), 400, "candidate_ids.*expecting 48 additional"),
-    "binary-size-short-of-body": (binary_request(IDS6, [6], 16), 400, "unexpected additional input data"),
-    "binary-size-huge": (binary_request(IDS6, [6], 2**62), 400, "candidate_ids"),
-    "binary-shape-huge": (binary_request(IDS6, [2**40], 48), 400, "byte size mismatch for input 'candidate_ids'"),
+    "binary-header-length-past-body": (binary_request(IDS6, [1, 6], 48, 10_000), 400, "inference header size"),
+    "binary-header-length-negative": (binary_request(IDS6, [1, 6], 48, -1), 400, "inference header size"),
+    "binary-header-length-inside-json": (binary_request(IDS6, [1, 6], 48, 30), JSON_500, "failed to parse"),
+    "binary-size-past-body": (binary_request(IDS6, [1, 6], 96), 400, "candidate_ids.*expecting 48 additional"),
+    "binary-size-short-of-body": (binary_request(IDS6, [1, 6], 16), 400, "unexpected additional input data"),
+    "binary-size-huge": (binary_request(IDS6, [1, 6], 2**62), 400, "candidate_ids"),
+    "binary-shape-huge": (binary_request(IDS6, [1, 2**40], 48), 400, "byte size mismatch for input 'candidate_ids'"),
     "shape-product-overflows": (
         http_post(INFER_PATH, json_request(_candidate_ids(shape=[2**32, 2**32]))),
         400,
@@ -464,12 +466,12 @@ HTTP_CASES: dict[str, tuple[bytes, int | None, str]] = {
     ),
     # Checked after allocating 8 bytes per declared element: 2**20 costs 8 MiB, 2**40 aborts (test_faults.py).
     "shape-larger-than-data": (
-        http_post(INFER_PATH, json_request(_candidate_ids(shape=[2**20]))),
+        http_post(INFER_PATH, json_request(_candidate_ids(shape=[1, 2**20]))),
         JSON_500,
         "Shape does not match true shape of 'data'",
     ),
-    "shape-negative": (http_post(INFER_PATH, json_request(_candidate_ids(shape=[-6]))), JSON_500, "shape"),
-    "shape-string": (http_post(INFER_PATH, json_request(_candidate_ids(shape=["6"]))), JSON_500, "shape"),
+    "shape-negative": (http_post(INFER_PATH, json_request(_candidate_ids(shape=[1, -6]))), JSON_500, "shape"),
+    "shape-string": (http_post(INFER_PATH, json_request(_candidate_ids(shape=[1, "6"]))), JSON_500, "shape"),
     "datatype-wrong": (
         http_post(INFER_PATH, json_request(_candidate_ids(datatype="FP32", data=[1.5] * 6))),
         400,

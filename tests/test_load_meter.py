@@ -92,12 +92,13 @@ def _state(load: LoadMeter | None = None) -> RankerState:
 
 
 async def _scores(tier: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    n = inputs["candidate_emb"].shape[0]
-    return np.linspace(0.0, 1.0, n, dtype=np.float32) if tier == "light" else np.ones(n, np.float32)
+    if tier == "light":  # candidate_emb (n, C, E)
+        return np.linspace(0.0, 1.0, inputs["candidate_emb"].shape[0], dtype=np.float32)
+    return np.ones(inputs["candidate_emb"].shape[:2], np.float32)  # heavy: blocks (B, n, C, E) -> (B, n)
 
 
 def _rank(state: RankerState, route: str, budget_ms: float, waited_ms: float | None) -> object:
-    shared = SharedState.from_tower(np.ones((1, D), np.float32), np.ones((6, D), np.float32))
+    shared = SharedState(np.ones((1, D), np.float32), np.ones((1, 6, D), np.float32))
     emb = np.ones((N, C, E), np.float32)
     return asyncio.run(rank(_scores, state, shared, emb, route, 5, RequestTime.now(budget_ms, waited_ms=waited_ms)))
 
@@ -105,7 +106,9 @@ def _rank(state: RankerState, route: str, budget_ms: float, waited_ms: float | N
 def test_auto_plans_with_the_time_the_client_says_has_passed() -> None:
     assert _rank(_state(), "auto", 100.0, waited_ms=None).route == "heavy"  # 5 ms fits 100
     # heavy(300) = 5 ms, cascade = light(300) + heavy(8) = 3.38 ms; both times safety factor 1.2
-    assert _rank(_state(), "auto", 100.0, waited_ms=95.0).route == "cascade"  # 5 ms left: 6 > 5 >= 4.06
+    # 5 ms left: 6 > 5 >= 4.06. The plan, not the route taken: on a loaded machine the cascade's
+    # heavy stage may itself miss those 5 ms of wall time and fall back to light.
+    assert _rank(_state(), "auto", 100.0, waited_ms=95.0).plan.route == "cascade"
     assert _rank(_state(), "auto", 100.0, waited_ms=99.5).route == "light"  # nothing fits
 
 

@@ -68,42 +68,56 @@ def test_light_broadcast_equals_tiling(model: RankingModel, b: int):
     torch.testing.assert_close(got, tiled, **TOL)
 
 
-@pytest.mark.parametrize("b", [1, 3], ids=["B1", "B3"])
-def test_heavy_broadcast_equals_tiling(model: RankingModel, b: int):
+def _blocks(model: RankingModel, counts: list[int], gen: torch.Generator) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Each user's candidates (n_b, C, E), and the padded blocks (B, max n_b, C, E) the ranker sends."""
+    per_user = [_candidates(model, n, gen) for n in counts]
+    blocks = torch.zeros(len(counts), max(counts), C_TOKENS, model.embedding.dim)
+    for i, cand in enumerate(per_user):
+        blocks[i, : cand.shape[0]] = cand
+    return blocks, per_user
+
+
+HEAVY_BATCHES = [1, 2, 8, 64]
+
+
+@pytest.mark.parametrize("b", HEAVY_BATCHES, ids=[f"B{b}" for b in HEAVY_BATCHES])
+def test_heavy_blocks_equal_tiling(model: RankingModel, b: int):
+    """Each candidate with its own copy of its user's state and history (the naive layout) scores
+    what its padded block scores: padding, and the other users, leak into nothing."""
     gen = torch.Generator().manual_seed(10 + b)
-    user_state, history_kv, history_len = _user_side(model, b, 6, gen)
-    cand = _candidates(model, 19, gen)
-    cand_user = torch.randint(0, b, (19,), generator=gen)
-    got = model.heavy(user_state, history_kv, history_len, cand, cand_user)  # (N,)
-    tiled = model.heavy.forward_grouped(
-        user_state[cand_user], history_kv[cand_user], history_len[cand_user], cand.unsqueeze(1)
-    )  # (N, 1): each candidate with its own copy of its user
-    torch.testing.assert_close(got, tiled[:, 0], **TOL)
+    user_state, history_kv, history_len = _user_side(model, b, 6, gen)  # unequal L (history_len)
+    counts = torch.randint(1, 12, (b,), generator=gen).tolist()  # unequal N
+    blocks, per_user = _blocks(model, counts, gen)
+    got = model.heavy(user_state, history_kv, history_len, blocks)  # (B, n_max)
+    for u, cand in enumerate(per_user):
+        n = cand.shape[0]
+        tiled = model.heavy(
+            user_state[u].expand(n, -1), history_kv[u].expand(n, -1, -1), history_len[u].expand(n), cand.unsqueeze(1)
+        )  # (n, 1): one user row per candidate
+        torch.testing.assert_close(got[u, :n], tiled[:, 0], **TOL)
 
 
-# --- (b) shared-mask forward == grouped forward -------------------------------------------------
-
-
-@pytest.mark.parametrize("b, n", [(1, 7), (3, 5)], ids=["B1-n7", "B3-n5"])
-def test_heavy_forward_equals_grouped(model: RankingModel, b: int, n: int):
+@pytest.mark.parametrize("b", HEAVY_BATCHES, ids=[f"B{b}" for b in HEAVY_BATCHES])
+def test_heavy_blocks_equal_one_user_at_a_time(model: RankingModel, b: int):
+    """The B-user call equals B calls of one user each, on that user's own (unpadded) history."""
     gen = torch.Generator().manual_seed(20 + b)
-    user_state, history_kv, history_len = _user_side(model, b, 8, gen)
-    cand = _candidates(model, b * n, gen)
-    cand_user = torch.arange(b).repeat_interleave(n)  # (B*n,)
-    got = model.heavy(user_state, history_kv, history_len, cand, cand_user).reshape(b, n)
-    grouped = model.heavy.forward_grouped(user_state, history_kv, history_len, cand.reshape(b, n, C_TOKENS, -1))
-    torch.testing.assert_close(got, grouped, **TOL)
+    user_state, history_kv, history_len = _user_side(model, b, 9, gen)
+    counts = torch.randint(1, 20, (b,), generator=gen).tolist()
+    blocks, per_user = _blocks(model, counts, gen)
+    got = model.heavy(user_state, history_kv, history_len, blocks)
+    for u, cand in enumerate(per_user):
+        length = int(history_len[u])
+        alone = model.heavy(user_state[u : u + 1], history_kv[u : u + 1, :length], history_len[u : u + 1], cand[None])
+        torch.testing.assert_close(got[u, : cand.shape[0]], alone[0], **TOL)
 
 
-def test_heavy_grouped_none_len_equals_full_len(model: RankingModel):
+def test_heavy_none_len_equals_full_len(model: RankingModel):
     gen = torch.Generator().manual_seed(30)
     user_state, history_kv, _ = _user_side(model, 2, 4, gen)
     cand = _candidates(model, 6, gen).reshape(2, 3, C_TOKENS, -1)
     full = torch.full((2,), 4, dtype=torch.int64)
     torch.testing.assert_close(
-        model.heavy.forward_grouped(user_state, history_kv, None, cand),
-        model.heavy.forward_grouped(user_state, history_kv, full, cand),
-        **TOL,
+        model.heavy(user_state, history_kv, None, cand), model.heavy(user_state, history_kv, full, cand), **TOL
     )
 
 
@@ -112,18 +126,16 @@ def test_heavy_grouped_none_len_equals_full_len(model: RankingModel):
 
 @pytest.mark.parametrize("n_hist, n", [(1, 1), (6, 9)], ids=["L1-N1", "L6-N9"])
 def test_baseline_equals_heavy_path(model: RankingModel, n_hist: int, n: int):
-    sizes = {"L": n_hist, "N": n}
+    sizes = {"L": n_hist, "N": n, "B": 1}
     x = {k: torch.from_numpy(v) for k, v in random_inputs(EMBEDDING_LOOKUP, sizes, np.random.default_rng(n)).items()}
-    user_emb, history_emb, cand_emb = EmbeddingLookupServing(model)(**x)
-    user_state, history_kv = UserTowerServing(model)(user_emb, history_emb)  # (1, D), (L, D)
-    heavy = ScorerHeavyServing(model)(
-        user_state, history_kv.unsqueeze(0), torch.tensor([n_hist]), cand_emb, torch.zeros(n, dtype=torch.int64)
-    )
+    user_emb, history_emb, cand_emb, history_len = EmbeddingLookupServing(model)(**x)
+    user_state, history_kv = UserTowerServing(model)(user_emb, history_emb, history_len)  # (1, D), (1, L, D)
+    heavy = ScorerHeavyServing(model)(user_state, history_kv, history_len[:, 0], cand_emb)[0]  # one block
     baseline = PerCandidateBaselineServing(model)(
         x["user_features"].expand(n, F_U),  # tiled (N, F_U)
         x["history_ids"].expand(n, n_hist),  # tiled (N, L)
-        x["candidate_ids"],
-        x["candidate_features"],
+        x["candidate_ids"][0],
+        x["candidate_features"][0],
     )
     torch.testing.assert_close(baseline, heavy, **TOL)
 
@@ -324,11 +336,14 @@ def test_large_user_tower_exports(tmp_path):
     assert (e, d) == (PRESETS["large"].embedding.dim, PRESETS["large"].tower.d_model)
     rng = np.random.default_rng(0)
     feeds = {
-        "user_emb": rng.standard_normal((F_U, e)).astype(np.float32),
-        "history_emb": rng.standard_normal((5, e)).astype(np.float32),
+        "user_emb": rng.standard_normal((1, F_U, e)).astype(np.float32),
+        "history_emb": rng.standard_normal((1, 5, e)).astype(np.float32),
+        "history_len": np.array([[5]], dtype=np.int64),
     }
     user_state, history_kv = session.run(["user_state", "history_kv"], feeds)
-    ref_state, ref_kv = UserTowerServing(model)(*(torch.from_numpy(feeds[k]) for k in ("user_emb", "history_emb")))
-    assert user_state.shape == (1, d) and history_kv.shape == (5, d)
+    ref_state, ref_kv = UserTowerServing(model)(
+        *(torch.from_numpy(feeds[k]) for k in ("user_emb", "history_emb", "history_len"))
+    )
+    assert user_state.shape == (1, d) and history_kv.shape == (1, 5, d)
     np.testing.assert_allclose(user_state, ref_state.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(history_kv, ref_kv.numpy(), rtol=1e-4, atol=1e-4)

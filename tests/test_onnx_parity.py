@@ -2,7 +2,7 @@
 
 A freshly initialised tiny model is exported once per module to tmp_path (export_model);
 each case draws fresh valid inputs (random_inputs, huge ids included) at sizes away
-from the export example sizes, including the limits N=1, L=1, B=1 and N=N_MAX.
+from the export example sizes, including the limits N=1, L=1, B=1, B=B_MAX and N=N_MAX.
 Tolerances: the embedding lookup is a gather (exact); the rest is FP32 arithmetic
 in a different kernel order, rtol 1e-4 / atol 1e-5 on scores in (0, 1).
 """
@@ -29,19 +29,20 @@ EXACT = {"rtol": 0.0, "atol": 0.0}
 FP32 = {"rtol": 1e-4, "atol": 1e-5}
 
 CASES: list[tuple[str, dict[str, int], dict[str, float]]] = [
-    ("embedding_lookup", {"L": 1, "N": 1}, EXACT),
-    ("embedding_lookup", {"L": 13, "N": 29}, EXACT),
-    ("embedding_lookup", {"L": L_MAX, "N": N_MAX}, EXACT),
-    ("user_tower", {"L": 1}, FP32),
-    ("user_tower", {"L": 13}, FP32),
-    ("user_tower", {"L": L_MAX}, FP32),
+    ("embedding_lookup", {"B": 1, "L": 1, "N": 1}, EXACT),
+    ("embedding_lookup", {"B": 3, "L": 13, "N": 29}, EXACT),
+    ("embedding_lookup", {"B": 1, "L": L_MAX, "N": N_MAX}, EXACT),
+    ("user_tower", {"B": 1, "L": 1}, FP32),
+    ("user_tower", {"B": 5, "L": 13}, FP32),  # padded histories: history_len < L for most rows
+    ("user_tower", {"B": 2, "L": L_MAX}, FP32),
     ("scorer_light", {"B": 1, "N": 1}, FP32),
     ("scorer_light", {"B": 3, "N": 257}, FP32),
     ("scorer_light", {"B": B_MAX, "N": N_MAX}, FP32),
     ("scorer_heavy", {"B": 1, "L": 1, "N": 1}, FP32),
     ("scorer_heavy", {"B": 3, "L": 9, "N": 50}, FP32),
     ("scorer_heavy", {"B": 1, "L": L_MAX, "N": N_MAX}, FP32),
-    ("scorer_heavy", {"B": 3, "L": 16, "N": N_MAX}, FP32),
+    ("scorer_heavy", {"B": 8, "L": 16, "N": 512}, FP32),
+    ("scorer_heavy", {"B": B_MAX, "L": 32, "N": 64}, FP32),
     ("per_candidate_baseline", {"L": 1, "N": 1}, FP32),
     ("per_candidate_baseline", {"L": 5, "N": 13}, FP32),
     ("per_candidate_baseline", {"L": 2, "N": N_MAX}, FP32),  # the naive model: small L only

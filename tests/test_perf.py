@@ -129,9 +129,9 @@ def test_input_files_have_explicit_shapes(tmp_path: Path) -> None:
         for entry in (*req.values(), *base.values()):
             assert len(entry["content"]) == int(np.prod(entry["shape"]))
             assert all(type(v) is int and v >= 0 for v in entry["content"])
-        hist = req["history_ids"]["shape"][0]
-        assert req["user_features"]["shape"] == [F_U]
-        assert req["candidate_features"]["shape"] == [16, F_C]
+        hist = req["history_ids"]["shape"][1]  # one user: [1, L]
+        assert req["user_features"]["shape"] == [1, F_U]
+        assert req["candidate_features"]["shape"] == [1, 16, F_C]
         assert base["user_features"]["shape"] == [16, F_U]
         assert base["history_ids"]["shape"] == [16, hist]
         assert base["history_ids"]["content"][:hist] == req["history_ids"]["content"]

@@ -7,7 +7,6 @@ import pytest
 
 from serving.arrays import cascade_merge, top_k_indices
 from serving.contract import SENT_AT_PARAM, RequestError
-from serving.ranker import micro_batches
 from serving.request import RequestOptions, parse_parameters, parse_top_k
 from serving.routing import light_confidence
 
@@ -161,37 +160,6 @@ def test_parse_top_k(top_k, n, default_k, expected):
 def test_parse_top_k_rejects(top_k, match):
     with pytest.raises(RequestError, match=match):
         parse_top_k(top_k, 100, 10)
-
-
-# --- micro_batches ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "n, size, lengths",
-    [
-        (0, 4, []),
-        (1, 4, [1]),
-        (4, 4, [4]),
-        (5, 4, [3, 2]),
-        (8, 4, [4, 4]),
-        (10, 3, [3, 3, 2, 2]),
-        (1025, 512, [342, 342, 341]),
-        (7, 1, [1] * 7),
-    ],
-    ids=["empty", "one", "exact", "just-over", "two-full", "uneven", "balanced-1025", "size-one"],
-)
-def test_micro_batches(n, size, lengths):
-    batches = micro_batches(n, size)
-    assert [s.stop - s.start for s in batches] == lengths
-    covered = np.concatenate([np.arange(n)[s] for s in batches]) if batches else np.empty(0, int)
-    np.testing.assert_array_equal(covered, np.arange(n))
-    assert all(s.stop - s.start <= size for s in batches)
-
-
-@pytest.mark.parametrize("n, size", [(10, 0), (10, -1), (-1, 4)], ids=["size-zero", "size-negative", "n-negative"])
-def test_micro_batches_rejects(n, size):
-    with pytest.raises(ValueError, match="must be >= "):
-        micro_batches(n, size)
 
 
 # --- top_k_indices ------------------------------------------------------------------------------

@@ -7,10 +7,12 @@ import pytest
 
 from serving.routing import (
     AutoPlan,
+    BatchItem,
     CostModel,
     RoutePolicy,
     TierCost,
     plan_auto,
+    plan_batch,
     predict_route_ms,
     settle_auto,
 )
@@ -257,3 +259,58 @@ def test_settle_auto_threshold():
     plan = AutoPlan("cascade", 128, 50.0, 1.0, {})
     assert settle_auto(plan, UNSURE, K, RoutePolicy(confidence_threshold=0.49)) == "light"
     assert settle_auto(plan, UNSURE, K, RoutePolicy(confidence_threshold=0.51)) == "cascade"
+
+
+# --- plan_batch: a batch's auto routes, planned together -------------------------------------------
+
+
+def _items(*specs: tuple[str, int, float, float]) -> list[BatchItem]:
+    return [BatchItem(route, n, K, budget, wait) for route, n, budget, wait in specs]
+
+
+@pytest.mark.parametrize("budget_ms, wait_ms", [(1e6, 0.0), (100.0, 0.0), (25.0, 0.0), (5.0, 0.0), (100.0, 95.0)])
+def test_plan_batch_of_one_is_plan_auto(budget_ms: float, wait_ms: float):
+    cost = _cost()
+    (plan,) = plan_batch(cost, _items(("auto", N, budget_ms, wait_ms)), POLICY)
+    alone = plan_auto(cost, N, K, budget_ms, wait_ms, POLICY)
+    assert (plan.route, plan.m, plan.budget_ms, plan.wait_ms) == (alone.route, alone.m, alone.budget_ms, alone.wait_ms)
+
+
+def test_plan_batch_shares_the_heavy_call():
+    """light(n) = 1 + 0.01 n, heavy(n) = 5 + 0.1 n. Two requests of 100 with 20 ms each: heavy for
+    both means heavy(200) = 25 ms; heavy(100) = 15 for one, and the other's cascade is
+    light(100) + heavy(100) = 17 ms."""
+    plans = plan_batch(_cost(), _items(("auto", 100, 20.0, 0.0), ("auto", 100, 20.0, 0.0)), POLICY)
+    assert sorted(p.route for p in plans) == ["cascade", "heavy"]
+    assert all(p.predicted_ms[p.route] <= 20.0 for p in plans)
+
+
+def test_plan_batch_tight_requests_take_heavy_first():
+    """16 ms and 100 ms budgets: the tight one fits only heavy(100) = 15 ms, the loose one then
+    fits a cascade (17 ms). Giving heavy to the loose one first would leave the tight one light."""
+    plans = plan_batch(_cost(), _items(("auto", 100, 16.0, 0.0), ("auto", 100, 100.0, 0.0)), POLICY)
+    assert [p.route for p in plans] == ["heavy", "cascade"]
+
+
+def test_plan_batch_counts_fixed_routes():
+    plans = plan_batch(_cost(), _items(("heavy", 100, 1e6, 0.0), ("auto", 100, 20.0, 0.0)), POLICY)
+    assert plans[0] is None  # not auto: its route is its own
+    assert plans[1].route == "cascade"  # heavy would share a call of 200: 25 ms
+
+
+def test_plan_batch_never_pushes_a_fitting_request_out():
+    """Ten requests with room for about one heavy: whatever the others take, every request that
+    fits on light alone still fits at the end."""
+    items = _items(*[("auto", 100, 16.0 + i, 0.0) for i in range(10)])
+    plans = plan_batch(_cost(), items, POLICY)
+    latency = plans[0].predicted_ms
+    for plan, item in zip(plans, items):
+        assert item.wait_ms + latency[plan.route] <= item.budget_ms
+    assert any(p.route != "light" for p in plans)
+
+
+def test_plan_batch_rejects_bad_items():
+    with pytest.raises(ValueError, match="wait_ms must be finite"):
+        plan_batch(_cost(), _items(("auto", 10, 5.0, float("nan"))), POLICY)
+    with pytest.raises(ValueError, match="n and k must be >= 1"):
+        plan_batch(_cost(), _items(("auto", 0, 5.0, 0.0)), POLICY)

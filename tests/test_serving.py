@@ -1,7 +1,7 @@
 """The served ensemble against the same composition computed in-process.
 
 The real Triton server (tests/conftest.py) serves ``adaptive_ranking`` from the
-project's model repository; ``client.inprocess.InProcessRanker`` runs the same ONNX
+project's model repository; ``serving.inprocess.InProcessRanker`` runs the same ONNX
 files directly. Every served answer is compared with the in-process one of the
 route the server reports, so these tests check the ensemble wiring, the ranker's
 broadcast / micro-batching / cascade / top-K, request validation, concurrency,
@@ -9,9 +9,9 @@ both protocols and the custom metrics, with no mocks.
 
 Tolerance of served vs in-process scores: ``RTOL`` / ``ATOL`` below. The models
 and the FP32 arithmetic are identical, but the server scores the candidates in
-micro-batches of at most the ranker's ``micro_batch`` rows (separate ONNX Runtime
+calls of the ranker's CallPlan, several requests' candidates together (separate ONNX Runtime
 calls with other GEMM shapes, hence possibly another summation blocking), while
-in-process scores all N in one call: results may differ by rounding only.
+in-process scores all N of one request in one call: results may differ by rounding only.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ from client.ranking_client import MODEL_NAME, RankingRequest, infer
 from export.config import PRESETS
 from export.world import World, make_world
 from serving.arrays import top_k_indices
-from serving.contract import ADAPTIVE_RANKING, L_MAX, N_MAX, RankingResult
+from serving.contract import ADAPTIVE_RANKING, L_MAX, N_MAX, RankingResult, as_request
 from serving.inprocess import InProcessRanker
+from serving.ranker import RankerConfig
 from serving.routing import RoutePolicy
 from serving.server.launcher import REPO_ROOT
 
@@ -56,9 +57,9 @@ def served_config(model: str) -> model_config_pb2.ModelConfig:
 
 RANKER_PARAMS = {k: v.string_value for k, v in served_config("ranker").parameters.items()}
 CASCADE_M = int(RANKER_PARAMS["cascade_m"])
-MICRO_BATCH = int(RANKER_PARAMS["micro_batch"])
+CALLS = RankerConfig.from_parameters(RANKER_PARAMS).calls  # how the ranker splits a tier's candidates
 DEFAULT_TOP_K = int(RANKER_PARAMS["default_top_k"])
-N_LARGE = 1500  # > MICRO_BATCH: several concurrent micro-batches (checked in test_config_assumptions)
+N_LARGE = 1500  # several concurrent scorer calls per tier (checked in test_config_assumptions)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def assert_same(served: RankingResult, want: RankingResult) -> None:
 
 
 def test_config_assumptions():
-    assert N_LARGE > MICRO_BATCH
+    assert len(CALLS.call_sizes(N_LARGE)) > 1
     assert N_LARGE > max(CASCADE_M, DEFAULT_TOP_K)
 
 
@@ -196,13 +197,13 @@ def test_budget_counts_from_the_clients_send_time(grpc_client, world, ranker):
     request = world_request(world, 300, 23)
     now = time.time() * 1e3
     fresh, _ = infer_sent_at(grpc_client, request, "auto", latency_budget_ms=10_000.0, sent_at_unix_ms=now)
-    assert fresh.as_numpy("route")[0] == b"heavy"
+    assert fresh.as_numpy("route")[0, 0] == b"heavy"
     for route in ("auto", "cascade"):
         stale, seconds = infer_sent_at(
             grpc_client, request, route, latency_budget_ms=100.0, sent_at_unix_ms=time.time() * 1e3 - 10_000
         )
-        assert stale.as_numpy("route")[0] == b"light", route
-        np.testing.assert_array_equal(stale.as_numpy("top_ids"), expected(ranker, request, "light").top_ids)
+        assert stale.as_numpy("route")[0, 0] == b"light", route
+        np.testing.assert_array_equal(stale.as_numpy("top_ids")[0], expected(ranker, request, "light").top_ids)
         assert seconds < 1.0
 
 
@@ -290,7 +291,7 @@ def test_edge_cases(grpc_client, world, ranker, edge, route):
 def test_concurrent_requests(triton_server, world, ranker):
     """200 requests from 16 threads, each thread with its own gRPC client, routes mixed."""
     routes = (*FIXED_ROUTES, "auto")
-    sizes = (16, 100, 700)  # 700 > MICRO_BATCH
+    sizes = (16, 100, 700)
     requests = [
         (world_request(world, sizes[i % len(sizes)], 1000 + i // 12, row=i % 12), routes[i % len(routes)])
         for i in range(200)
@@ -305,16 +306,37 @@ def test_concurrent_requests(triton_server, world, ranker):
         request, route = item
         return infer(local.client, request, route=route)
 
-    try:
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            results = list(pool.map(send, requests))
-    finally:
-        for client in clients:
-            client.close()
+    with grpcclient.InferenceServerClient(triton_server.grpc_url) as stats_client:
+        before = batch_counts(stats_client)
+        try:
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                results = list(pool.map(send, requests))
+        finally:
+            for client in clients:
+                client.close()
+        after = batch_counts(stats_client)
     assert len(results) == 200
     for (request, route), served in zip(requests, results, strict=True):
         assert served.route == route or (route == "auto" and served.route in FIXED_ROUTES)
         assert_same(served, expected(ranker, request, served.route))
+    # 16 requests in flight: the batched models ran several requests per execution.
+    for model in BATCHED_MODELS:
+        requests_done = after[model][0] - before[model][0]
+        executions = after[model][1] - before[model][1]
+        assert requests_done == 200, model
+        assert executions < requests_done, f"{model}: {executions} executions for {requests_done} requests"
+
+
+BATCHED_MODELS = ("embedding_lookup", "user_tower", "ranker")
+
+
+def batch_counts(client: grpcclient.InferenceServerClient) -> dict[str, tuple[int, int]]:
+    """{model: (requests, executions)} from Triton's statistics: fewer executions = batches formed."""
+    out = {}
+    for model in BATCHED_MODELS:
+        stats = client.get_inference_statistics(model).model_stats[0]
+        out[model] = (stats.inference_count, stats.execution_count)
+    return out
 
 
 # --- 6. bad inputs --------------------------------------------------------------------------------
@@ -370,8 +392,9 @@ BAD = {
 
 
 def send_raw(client: grpcclient.InferenceServerClient, bad: Bad) -> None:
-    """One request with ``bad``'s arrays and parameters sent as they are (no client-side typing)."""
-    inputs = raw_inputs({**_valid_arrays(), **bad.arrays})
+    """One request with ``bad``'s arrays (one user's, given the batch dim of 1) and parameters sent
+    as they are (no client-side typing)."""
+    inputs = raw_inputs(as_request({**_valid_arrays(), **bad.arrays}))
     outputs = [grpcclient.InferRequestedOutput(name) for name in ADAPTIVE_RANKING.output_names]
     client.infer(MODEL_NAME, inputs, outputs=outputs, parameters={"route": "cascade", **bad.params})
 

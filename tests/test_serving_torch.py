@@ -139,7 +139,7 @@ def inprocess() -> InProcessRanker:
 def ranker_arrays(inprocess: InProcessRanker, seed: int, n: int = 40) -> dict[str, np.ndarray]:
     """The ranker's own inputs (what the ensemble hands it) for one request, from the same ONNX files."""
     inputs = inprocess.chain(a_request(seed, n).arrays()).ranker_inputs()
-    return {**inputs, "candidate_ids": np.arange(n, dtype=np.int64) * 3}
+    return {**inputs, "candidate_ids": np.arange(n, dtype=np.int64)[None] * 3}  # (1, N)
 
 
 def infer_ranker(client: grpcclient.InferenceServerClient, arrays: dict[str, np.ndarray], route: str) -> dict:
@@ -150,15 +150,15 @@ def infer_ranker(client: grpcclient.InferenceServerClient, arrays: dict[str, np.
 
 
 def _nan(a: dict[str, np.ndarray]) -> None:
-    a["candidate_emb"][3, 1, 0] = np.nan
+    a["candidate_emb"][0, 3, 1, 0] = np.nan
 
 
 def _negative(a: dict[str, np.ndarray]) -> None:
-    a["candidate_ids"][7] = -4
+    a["candidate_ids"][0, 7] = -4
 
 
 def _short(a: dict[str, np.ndarray]) -> None:
-    a["candidate_ids"] = a["candidate_ids"][:-1]
+    a["candidate_ids"] = a["candidate_ids"][:, :-1]
 
 
 def _inf_state(a: dict[str, np.ndarray]) -> None:
@@ -166,7 +166,7 @@ def _inf_state(a: dict[str, np.ndarray]) -> None:
 
 
 def _zero_k(a: dict[str, np.ndarray]) -> None:
-    a["top_k"] = np.array([0], dtype=np.int32)
+    a["top_k"] = np.array([[0]], dtype=np.int32)
 
 
 @pytest.mark.parametrize(

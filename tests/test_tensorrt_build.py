@@ -30,7 +30,8 @@ CONFIG_DTYPE = {"INT64": "TYPE_INT64", "INT32": "TYPE_INT32", "FP32": "TYPE_FP32
 def test_scorer_heavy_profile_from_signature():
     p = profile(SCORER_HEAVY, {"D": 16, "E": 8})
     assert p["history_kv"] == ((1, 1, 16), (OPT_SIZES["B"], OPT_SIZES["L"], 16), (DIM_LIMITS["B"][1], 256, 16))
-    assert p["candidate_emb"] == ((1, 4, 8), (OPT_SIZES["N"], 4, 8), (DIM_LIMITS["N"][1], 4, 8))
+    b, n = (1, OPT_SIZES["B"], DIM_LIMITS["B"][1]), (1, OPT_SIZES["N"], DIM_LIMITS["N"][1])
+    assert p["candidate_emb"] == tuple((b[i], n[i], 4, 8) for i in range(3))  # one block of N per user row
     assert p["history_len"] == ((1,), (1,), (DIM_LIMITS["B"][1],))
 
 
@@ -57,7 +58,8 @@ def test_production_config_matches_build(name: str):
         spec = sig.input(t.name)
         assert mc.DataType.Name(t.data_type) == CONFIG_DTYPE[spec.dtype]
         lo, _, hi = prof[t.name]
-        assert list(t.dims) == [-1 if a != b or isinstance(d, str) else a for a, b, d in zip(lo, hi, spec.dims)]
+        dims = [-1 if a != b or isinstance(d, str) else a for a, b, d in zip(lo, hi, spec.dims)]
+        assert list(t.dims) == (dims[1:] if sig.batched else dims)  # a batched config omits the batch dim
     assert [t.name for t in cfg.output] == sig.output_names
 
 

@@ -295,8 +295,11 @@ def assert_invalid_arg(response: InferenceResponse, *words: str) -> None:
 # --- onnx_runner.py -----------------------------------------------------------------------------------
 
 
-def _sizes(name: str, dims: dict[str, int]) -> dict[str, int]:
-    return {"L": 5, "N": 7, "B": 2, **dims} if name != "embedding_lookup" else {"L": 5, "N": 7, **dims}
+def _sizes(name: str, dims: dict[str, int], seed: int = 0) -> dict[str, int]:
+    """Sizes of one request to ``name``: a batched model's request holds one user; L and N vary
+    with ``seed`` so that a batch of requests is ragged."""
+    users = 1 if ENGINE_MODELS[name].batched else 2
+    return {"L": 5 + seed, "N": 7 + 2 * seed, "B": users, **dims}
 
 
 def _runner(name: str, tiny_repo: tuple[Path, dict[str, int]]) -> Any:
@@ -313,7 +316,7 @@ def test_runner_outputs_equal_run_checked(name: str, pb_utils: ModuleType, tiny_
     runner = _runner(name, tiny_repo)
     sig: ModelSignature = ENGINE_MODELS[name]
     reference = make_session(root / name / "1" / "model.onnx")
-    batch = [random_inputs(sig, _sizes(name, dims), np.random.default_rng(seed)) for seed in range(3)]
+    batch = [random_inputs(sig, _sizes(name, dims, seed), np.random.default_rng(seed)) for seed in range(3)]
     responses = runner.execute([request(a) for a in batch])
     assert len(responses) == len(batch)
     for arrays, response in zip(batch, responses):
@@ -339,13 +342,19 @@ def _poison(name: str, value: float, count: int = 3) -> Callable[[dict[str, np.n
 
 BAD_REQUESTS: list[tuple[str, Callable[[dict[str, np.ndarray]], None], tuple[str, ...]]] = [
     ("embedding_lookup", _neg_id, ("candidate_ids", "negative")),
-    ("embedding_lookup", lambda a: a.update(candidate_features=a["candidate_features"][:-1]), ("candidate_features",)),
+    (
+        "embedding_lookup",
+        lambda a: a.update(candidate_features=a["candidate_features"][:, :-1]),
+        ("candidate_features",),
+    ),
     ("embedding_lookup", lambda a: a.update(history_ids=a["history_ids"].astype(np.float32)), ("history_ids",)),
     ("embedding_lookup", lambda a: a.pop("user_features"), ("user_features", "missing")),
     ("embedding_lookup", lambda a: a.update(user_features=np.zeros(5, np.int64)), ("user_features",)),
-    ("embedding_lookup", lambda a: a.update(history_ids=np.zeros(L_MAX + 1, np.int64)), ("history_ids",)),
+    ("embedding_lookup", lambda a: a.update(history_ids=np.zeros((1, L_MAX + 1), np.int64)), ("history_ids", "L=")),
+    ("user_tower", lambda a: a.update(history_len=np.full((1, 1), 99, np.int64)), ("history_len",)),
+    ("user_tower", lambda a: a.update(user_emb=np.concatenate([a["user_emb"]] * 2)), ("user_emb", "one user")),
     ("scorer_light", lambda a: a["candidate_user"].__setitem__(0, 2), ("candidate_user",)),
-    ("scorer_heavy", lambda a: a["history_len"].__setitem__(0, 6), ("history_len",)),
+    ("scorer_heavy", lambda a: a["history_len"].__setitem__(0, 10**3), ("history_len",)),
     ("scorer_heavy", lambda a: a.update(history_kv=a["history_kv"][:1]), ("history_kv", "B=")),
     ("scorer_light", _poison("candidate_emb", np.nan), ("candidate_emb", "3 NaN/Inf", "finite")),
     ("scorer_light", _poison("user_state", np.inf, 1), ("user_state", "1 NaN/Inf")),
@@ -364,6 +373,8 @@ BAD_REQUESTS: list[tuple[str, Callable[[dict[str, np.ndarray]], None], tuple[str
         "missing-input",
         "wrong-fixed-dim",
         "L-over-limit",
+        "tower-history-len-over-L",
+        "two-users-in-one-request",
         "candidate-user-out-of-range",
         "history-len-over-L",
         "B-mismatch",
@@ -377,8 +388,8 @@ def test_runner_bad_request_fails_alone(name: str, mutate, words: tuple[str, ...
     _, dims = tiny_repo
     runner = _runner(name, tiny_repo)
     sig = ENGINE_MODELS[name]
-    good = [random_inputs(sig, _sizes(name, dims), np.random.default_rng(s)) for s in (1, 2)]
-    bad = random_inputs(sig, _sizes(name, dims), np.random.default_rng(3))
+    good = [random_inputs(sig, _sizes(name, dims, s), np.random.default_rng(s)) for s in (1, 2)]
+    bad = random_inputs(sig, _sizes(name, dims, 3), np.random.default_rng(3))
     mutate(bad)
     responses = runner.execute([request(good[0]), request(bad), request(good[1])])
     assert_invalid_arg(responses[1], f"{name}:", *words)
@@ -393,7 +404,8 @@ FLOAT_INPUTS = [(sig.name, spec.name) for sig in MODELS.values() for spec in sig
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
 def test_validate_inputs_rejects_non_finite_floats(model: str, name: str, value: float):
     sig = MODELS[model]
-    arrays = random_inputs(sig, {"L": 5, "N": 7, "B": 2, "K": 3, "E": 4, "D": 6}, np.random.default_rng(0))
+    sizes = {"L": 5, "N": 7, "B": 1 if sig.batched else 2, "K": 3, "E": 4, "D": 6}
+    arrays = random_inputs(sig, sizes, np.random.default_rng(0))
     validate_inputs(sig, arrays)  # the base is valid
     arrays[name].reshape(-1)[[0, -1]] = value
     with pytest.raises(RequestError, match=rf"^input '{name}' has 2 NaN/Inf values; values must be finite$"):
@@ -461,23 +473,29 @@ def ranker_env(
 
 
 def ranker_inputs(dims: dict[str, int], seed: int, top_k: int | None = 5) -> dict[str, np.ndarray]:
-    arrays = random_inputs(RANKER, {"L": 9, "N": N, "K": 5, **dims}, np.random.default_rng(seed))
+    """One request to the ranker: one user ([1, ...] tensors), as the ensemble hands it over."""
+    arrays = random_inputs(RANKER, {"L": 9, "N": N, "K": 5, "B": 1, **dims}, np.random.default_rng(seed))
     if top_k is not None:
-        arrays["top_k"] = np.array([top_k], dtype=np.int32)
+        arrays["top_k"] = np.array([[top_k]], dtype=np.int32)
     return arrays
 
 
 def full_scores(sessions: dict[str, ort.InferenceSession], arrays: dict[str, np.ndarray], tier: str) -> np.ndarray:
     """One un-batched scorer call over all N candidates (B = 1)."""
+    if tier == "light":
+        inputs = {
+            "user_state": arrays["user_state"],  # (1, D)
+            "candidate_emb": arrays["candidate_emb"][0],  # (N, C, E)
+            "candidate_user": np.zeros(N, dtype=np.int64),
+        }
+        return run_checked(sessions["scorer_light"], SCORER_LIGHT, inputs)["scores"]
     inputs = {
         "user_state": arrays["user_state"],
-        "candidate_emb": arrays["candidate_emb"],
-        "candidate_user": np.zeros(N, dtype=np.int64),
+        "history_kv": arrays["history_kv"],  # (1, L, D)
+        "history_len": np.array([arrays["history_kv"].shape[1]], dtype=np.int64),
+        "candidate_emb": arrays["candidate_emb"],  # (1, N, C, E): one block
     }
-    if tier == "heavy":
-        inputs["history_kv"] = arrays["history_kv"][np.newaxis]
-        inputs["history_len"] = np.array([arrays["history_kv"].shape[0]], dtype=np.int64)
-    return run_checked(sessions[f"scorer_{tier}"], ENGINE_MODELS[f"scorer_{tier}"], inputs)["scores"]
+    return run_checked(sessions["scorer_heavy"], ENGINE_MODELS["scorer_heavy"], inputs)["scores"][0]
 
 
 def expected_ranking(sessions, arrays: dict[str, np.ndarray], route: str, k: int) -> np.ndarray:
@@ -500,20 +518,24 @@ def test_ranker_routes(route: str, ranker_env, scorer_sessions, tiny_repo):
     got = outputs(response)
     scores = expected_ranking(scorer_sessions, arrays, route, k=5)
     top = top_k_indices(scores, 5)
-    np.testing.assert_array_equal(got["top_ids"], arrays["candidate_ids"][top])
-    np.testing.assert_allclose(got["scores"], scores, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(got["top_scores"], scores[top], rtol=1e-5, atol=1e-7)
-    assert got["route"].tolist() == [route.encode()]
+    assert got["top_ids"].shape == got["top_scores"].shape == (1, 5) and got["scores"].shape == (1, N)
+    np.testing.assert_array_equal(got["top_ids"][0], arrays["candidate_ids"][0][top])
+    np.testing.assert_allclose(got["scores"][0], scores, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got["top_scores"][0], scores[top], rtol=1e-5, atol=1e-7)
+    assert got["route"].tolist() == [[route.encode()]]
     assert got["top_ids"].dtype == np.int64 and got["scores"].dtype == np.float32
-    # Broadcast, not tiling: every scorer call gets the one user row, candidates in micro-batches.
+    # Broadcast, not tiling: every scorer call gets the one user row, candidates split into calls.
     for model_name, inputs in bls.calls:
         assert inputs["user_state"].shape == (1, tiny_repo[1]["D"])
-        assert inputs["candidate_emb"].shape[0] <= MICRO_BATCH
-        assert not inputs["candidate_user"].any()
-        if model_name == "scorer_heavy":
-            assert inputs["history_kv"].shape == (1, *arrays["history_kv"].shape)
+        if model_name == "scorer_light":
+            assert inputs["candidate_emb"].shape[0] <= MICRO_BATCH
+            assert not inputs["candidate_user"].any()
+        else:  # one block of this user's candidates and its history as it is
+            assert inputs["candidate_emb"].shape[0] == 1 and inputs["candidate_emb"].shape[1] <= MICRO_BATCH
+            assert inputs["history_kv"].shape == arrays["history_kv"].shape
     scored = {
-        t: sum(a["candidate_emb"].shape[0] for m, a in bls.calls if m == f"scorer_{t}") for t in ("light", "heavy")
+        t: sum(int(np.prod(a["candidate_emb"].shape[:-2])) for m, a in bls.calls if m == f"scorer_{t}")
+        for t in ("light", "heavy")
     }
     expected = {"light": (N, 0), "heavy": (0, N), "cascade": (N, CASCADE_M)}[route]
     assert (scored["light"], scored["heavy"]) == expected
@@ -537,19 +559,19 @@ def test_ranker_auto_follows_budget(budget: float, route: str, ranker_env, score
     arrays = ranker_inputs(tiny_repo[1], seed=8, top_k=None)  # default_top_k from the config
     (response,) = asyncio.run(model.execute([request(arrays, latency_budget_ms=budget)]))
     got = outputs(response)
-    assert got["route"].tolist() == [route.encode()]
+    assert got["route"].tolist() == [[route.encode()]]
     scores = expected_ranking(scorer_sessions, arrays, route, k=model.cfg.default_top_k)
     top = top_k_indices(scores, model.cfg.default_top_k)
-    np.testing.assert_array_equal(got["top_ids"], arrays["candidate_ids"][top])
+    np.testing.assert_array_equal(got["top_ids"][0], arrays["candidate_ids"][0][top])
 
 
 def test_ranker_bad_requests_fail_alone(ranker_env, tiny_repo):
     model, _, _ = ranker_env
     dims = tiny_repo[1]
     good = ranker_inputs(dims, seed=1)
-    short_ids = {**ranker_inputs(dims, seed=2), "candidate_ids": np.arange(N - 1, dtype=np.int64)}
+    short_ids = {**ranker_inputs(dims, seed=2), "candidate_ids": np.arange(N - 1, dtype=np.int64)[None]}
     negative = ranker_inputs(dims, seed=3)
-    negative["candidate_ids"][3] = -1
+    negative["candidate_ids"][0, 3] = -1
     zero_k = ranker_inputs(dims, seed=4, top_k=0)
     requests = [
         request(good, route="light"),
@@ -595,7 +617,7 @@ def test_ranker_scorer_failure_is_internal_for_that_request(ranker_env, tiny_rep
     responses = asyncio.run(
         model.execute([request(ranker_inputs(dims, 1), route="light"), request(ranker_inputs(dims, 2), route="heavy")])
     )
-    assert outputs(responses[0])["route"].tolist() == [b"light"]
+    assert outputs(responses[0])["route"].tolist() == [[b"light"]]
     assert responses[1].has_error()
     assert responses[1].error().code() == TritonError.INTERNAL
     assert "scorer_heavy" in responses[1].error().message()
@@ -623,3 +645,27 @@ def test_ranker_metrics(ranker_env, tiny_repo):
     assert families["ranker_expected_wait_ms"].value() >= 0
     assert families["ranker_budget_misses_total"].value(route="light") == 1
     assert families["ranker_budget_misses_total"].value(route="cascade") == 0
+
+
+def test_ranker_batch_equals_each_request_alone(ranker_env, tiny_repo):
+    """Requests of different routes, N and L in one execute(): each answer equals that request
+    ranked alone, and each tier is called once per stage for all of them."""
+    model, bls, _ = ranker_env
+    dims = tiny_repo[1]
+    plan = [("light", 9, 20), ("heavy", 3, 11), ("cascade", 14, 17), ("light", 1, 5), ("cascade", 6, 20)]
+    batch = []
+    for seed, (route, length, n) in enumerate(plan):
+        arrays = random_inputs(RANKER, {"L": length, "N": n, "K": 5, "B": 1, **dims}, np.random.default_rng(seed))
+        arrays["top_k"] = np.array([[5]], dtype=np.int32)
+        batch.append(request(arrays, route=route))
+    together = asyncio.run(model.execute(batch))
+    calls_together = len(bls.calls)
+    alone = [asyncio.run(model.execute([r]))[0] for r in batch]
+    for got, want in zip(together, alone):
+        got, want = outputs(got), outputs(want)
+        assert got["route"].tolist() == want["route"].tolist()
+        np.testing.assert_array_equal(got["top_ids"], want["top_ids"])
+        np.testing.assert_allclose(got["scores"], want["scores"], rtol=1e-5, atol=1e-7)
+    # Together: stage 1 = light for the light and cascade requests + heavy for the heavy one, stage 2 =
+    # heavy for both cascades' top M. MICRO_BATCH (7) splits the stages: still fewer calls than alone.
+    assert calls_together < len(bls.calls) - calls_together

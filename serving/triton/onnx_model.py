@@ -13,7 +13,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from serving.contract import ENGINE_MODELS, RequestError
-from serving.onnx_session import make_session, run_checked
+from serving.onnx_session import make_session, run_requests
 
 
 class OnnxModel:
@@ -25,20 +25,23 @@ class OnnxModel:
         self.session = make_session(path, int(params.get("intra_op_threads", "1")))
 
     def execute(self, requests: list) -> list:
-        responses = []
+        # A batched model's requests go through one ONNX Runtime call; each gets its own answer.
+        inputs = []
         for request in requests:
-            arrays: dict[str, np.ndarray] = {}
-            for name in self.sig.input_names:
-                tensor = pb_utils.get_input_tensor_by_name(request, name)
-                if tensor is not None:
-                    arrays[name] = tensor.as_numpy()
-            try:
-                outputs = run_checked(self.session, self.sig, arrays)
-            except RequestError as exc:
-                error = pb_utils.TritonError(f"{self.sig.name}: {exc}", pb_utils.TritonError.INVALID_ARG)
-                responses.append(pb_utils.InferenceResponse(error=error))
+            tensors = {name: pb_utils.get_input_tensor_by_name(request, name) for name in self.sig.input_names}
+            inputs.append({name: t.as_numpy() for name, t in tensors.items() if t is not None})
+        responses = []
+        for result in run_requests(self.session, self.sig, inputs):
+            if isinstance(result, RequestError):
+                code = pb_utils.TritonError.INVALID_ARG
+            elif isinstance(result, Exception):
+                code = pb_utils.TritonError.INTERNAL
+            else:
+                responses.append(
+                    pb_utils.InferenceResponse([pb_utils.Tensor(n, np.ascontiguousarray(a)) for n, a in result.items()])
+                )
                 continue
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, a) for n, a in outputs.items()]))
+            responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.sig.name}: {result}", code)))
         return responses
 
     def finalize(self) -> None:

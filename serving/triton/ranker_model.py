@@ -7,7 +7,6 @@ outputs by DLPack, zero copy, on the device Triton placed them).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
@@ -17,7 +16,7 @@ from serving import arrays
 from serving.arrays import Array
 from serving.composition import SharedState
 from serving.contract import RANKER, RequestError
-from serving.ranker import RankerConfig, RankerState, RequestTime, ScorerError, rank, response_arrays
+from serving.ranker import RankerConfig, RankerState, RankItem, RequestTime, ScorerError, rank_batch, response_arrays
 from serving.request import parse_request
 from serving.triton.ranker_metrics import RankerMetrics
 
@@ -58,8 +57,8 @@ class RankerModel:
         tensors = {name: pb_utils.get_input_tensor_by_name(request, name) for name in RANKER.input_names}
         return {name: arrays.from_triton(t, self.library) for name, t in tensors.items() if t is not None}
 
-    async def _handle(self, request: object) -> object:
-        start = time.perf_counter()
+    def _parse(self, request: object, start: float) -> tuple[RankItem, Array] | object:
+        """The request's RankItem and candidate_ids [1, N], or its INVALID_ARG response."""
         inputs = self._read(request)
         try:
             parsed = parse_request(
@@ -68,24 +67,30 @@ class RankerModel:
         except RequestError as exc:
             return _error(f"ranker: {exc}", pb_utils.TritonError.INVALID_ARG)
         timing = RequestTime.of(parsed.options, self.cfg.heavy_timeout_ms, start)
-        shared = SharedState.from_tower(inputs["user_state"], inputs["history_kv"])
-        try:
-            result = await rank(
-                self._score, self.state, shared, inputs["candidate_emb"], parsed.options.route, parsed.k, timing
-            )
-        except ScorerError as exc:
-            return _error(f"ranker: {exc}", pb_utils.TritonError.INTERNAL)
-        finally:
-            end = time.perf_counter()
-            if self.state.load is not None:
-                self.state.load.record(start, end)
-        self.metrics.record(result, (end - start) * 1e3, timing.over_budget(end))
-        outputs = response_arrays(inputs["candidate_ids"], result)
-        return pb_utils.InferenceResponse([arrays.to_triton(pb_utils.Tensor, n, v) for n, v in outputs.items()])
+        shared = SharedState(inputs["user_state"], inputs["history_kv"])  # (1, D), (1, L, D)
+        return RankItem(shared, inputs["candidate_emb"][0], parsed.options.route, parsed.k, timing), inputs[
+            "candidate_ids"
+        ]
 
     async def execute(self, requests: list) -> list:
-        # Requests are independent: each gets its own response, errors included.
-        responses = list(await asyncio.gather(*(self._handle(r) for r in requests)))
+        # One batch: each request gets its own response (errors included); their scorer calls are shared.
+        start = time.perf_counter()
+        responses: list[object] = [self._parse(r, start) for r in requests]
+        valid = [i for i, r in enumerate(responses) if isinstance(r, tuple)]
+        outcomes = await rank_batch(self._score, self.state, [responses[i][0] for i in valid]) if valid else []
+        end = time.perf_counter()
+        if self.state.load is not None:
+            self.state.load.record(start, end)  # the instance was busy with the batch
+        for i, outcome in zip(valid, outcomes):
+            item, candidate_ids = responses[i]
+            if isinstance(outcome, ScorerError):
+                responses[i] = _error(f"ranker: {outcome}", pb_utils.TritonError.INTERNAL)
+                continue
+            self.metrics.record(outcome, (end - start) * 1e3, item.timing.over_budget(end))
+            outputs = response_arrays(candidate_ids, outcome)
+            responses[i] = pb_utils.InferenceResponse(
+                [arrays.to_triton(pb_utils.Tensor, n, v) for n, v in outputs.items()]
+            )
         self.metrics.after_execute()
         return responses
 
