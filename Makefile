@@ -59,14 +59,16 @@ lint-docker: venv ## Lint the Dockerfile with hadolint
 
 .PHONY: bench bench-smoke
 
-bench: venv ## perf_analyzer sweep of the exported models (PRESET=small) -> perf/results/ (report.md, plots)
+bench: venv ## perf_analyzer sweep + capacity (batched vs unbatched, open loop) of PRESET=small -> perf/results/
 	$(PY) -m perf.sweep --profile full --preset $(PRESET) --results perf/results
+	$(PY) -m perf.capacity --profile full --results perf/results
 	$(PY) -m perf.summary --results perf/results
 	$(PY) -m perf.plots --results perf/results
 	$(PY) -m perf.report --results perf/results
 
 bench-smoke: venv ## Tiny perf sweep for CI (N 16, 64; concurrency 1) -> perf/results/smoke/
 	$(PY) -m perf.sweep --profile smoke --results perf/results/smoke
+	$(PY) -m perf.capacity --profile smoke --results perf/results/smoke
 	$(PY) -m perf.summary --results perf/results/smoke
 	$(PY) -m perf.plots --results perf/results/smoke
 	$(PY) -m perf.report --results perf/results/smoke

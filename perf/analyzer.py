@@ -26,7 +26,7 @@ import sysconfig
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from perf.parse import PerfRow, parse_csv
+from perf.parse import PerfRow, RateRow, parse_csv, parse_rate_csv
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,42 @@ def run_analyzer(job: Job, url: str, window: Window, out_dir: Path) -> Run:
     if missing:
         log.warning("%s: no stable measurement at concurrency %s (see %s)", job.name, missing, log_path)
     return Run(job, csv_path, rows, missing, loose_levels, attempts)
+
+
+@dataclass(frozen=True)
+class RatePoint:
+    """One offered Poisson rate: the measured row, or why there is none (perf_analyzer's exit status)."""
+
+    offered_per_s: float
+    row: RateRow | None
+    exit_code: int
+    error: str = ""  # the first error line perf_analyzer printed
+
+
+def run_rate(job: Job, url: str, rate: float, interval_ms: int, out_dir: Path) -> RatePoint:
+    """Open-loop load at ``rate`` requests/s (Poisson arrivals, asynchronous sends) for three windows of
+    ``interval_ms``: latency and achieved throughput, whether or not they are stable (past saturation
+    they never are). One call per rate, so a rate whose requests are refused loses only itself."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{job.name}-r{rate:g}"
+    csv_path, log_path = out_dir / f"{name}.csv", out_dir / f"{name}.log"
+    log_path.write_text("")
+    csv_path.unlink(missing_ok=True)
+    cmd = [
+        str(perf_analyzer_path()), "-m", job.model, "-u", url, "-i", "grpc",
+        "--input-data", str(job.input_data),
+        "--request-rate-range", f"{rate:g}", "--request-distribution", "poisson",
+        "--async", "--max-threads", "64",
+        "--measurement-mode", "time_windows", "--measurement-interval", str(interval_ms),
+        "--stability-percentage", "999", "--max-trials", "3",
+        "-f", str(csv_path),
+    ]  # fmt: skip
+    if job.route is not None:
+        cmd += ["--request-parameter", f"route:{job.route}:string"]
+    rc = _call(cmd, log_path)
+    rows = parse_rate_csv(csv_path) if csv_path.is_file() and csv_path.stat().st_size else []
+    error = next((line.strip() for line in log_path.read_text().splitlines() if "error" in line.lower()), "")
+    return RatePoint(rate, rows[0] if rows else None, rc, error[:300])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,6 +84,47 @@ def parse_csv(path: Path) -> list[PerfRow]:
     return parse_csv_text(Path(path).read_text(), str(path))
 
 
+@dataclass(frozen=True)
+class RateRow:
+    """One offered request rate of a perf_analyzer ``--request-rate-range`` run; latencies in ms."""
+
+    offered_per_s: float
+    infer_per_s: float  # achieved
+    p50_ms: float
+    p99_ms: float
+
+
+def parse_rate_csv_text(text: str, source: str = "<csv>") -> list[RateRow]:
+    """Rows of a request-rate CSV (column "Request Rate" instead of "Concurrency"), by offered rate."""
+    reader = csv.DictReader(line for line in text.splitlines() if line.strip() and not line.startswith("Request Rate,"))
+    reader.fieldnames = next(csv.reader([_rate_header(text, source)]))
+    rows = []
+    for line_no, record in enumerate(reader, start=2):
+        try:
+            rows.append(
+                RateRow(
+                    float(record["Request Rate"]),
+                    float(record["Inferences/Second"]),
+                    float(record["p50 latency"]) / 1e3,
+                    float(record["p99 latency"]) / 1e3,
+                )
+            )
+        except (TypeError, ValueError, KeyError) as e:
+            raise ValueError(f"{source} line {line_no}: bad value ({e}) in {record}") from None
+    return sorted(rows, key=lambda r: r.offered_per_s)
+
+
+def _rate_header(text: str, source: str) -> str:
+    header = next((line for line in text.splitlines() if line.startswith("Request Rate,")), None)
+    if header is None or "p99 latency" not in header:
+        raise ValueError(f"{source}: not a perf_analyzer request-rate CSV (no 'Request Rate,...' header)")
+    return header
+
+
+def parse_rate_csv(path: Path) -> list[RateRow]:
+    return parse_rate_csv_text(Path(path).read_text(), str(path))
+
+
 def row_at(rows: list[PerfRow], concurrency: int) -> PerfRow | None:
     """The row of ``concurrency``, None if that level was not measured (e.g. unstable)."""
     return next((r for r in rows if r.concurrency == concurrency), None)

@@ -8,6 +8,10 @@ Writes into ``<results>/plots/``:
   throughput_vs_p99.png  auto route at the focus N: inferences/s (right axis: candidates/s)
                          vs p99 latency, one point per concurrency level
   ndcg_vs_latency.png    NDCG@10 vs p50 latency, one point per route
+and, when perf/capacity.py ran:
+  p99_vs_offered_load.png  open loop (Poisson): p99 vs offered requests/s per route
+  auto_under_load.png      auto with its budget under open-loop load: NDCG@10 and the routes taken
+                           vs offered load, fixed routes' NDCG@10 beside it
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 log = logging.getLogger(__name__)
 
 PLOT_NAMES = ("latency_vs_n.png", "throughput_vs_p99.png", "ndcg_vs_latency.png")
+CAPACITY_PLOTS = ("p99_vs_offered_load.png", "auto_under_load.png")
 SERIES = (("auto_p50_ms", "ours: auto route", "o-"), ("heavy_p50_ms", "ours: heavy route", "s-"),
           ("baseline_p50_ms", "per-candidate baseline", "^--"))
 
@@ -82,6 +87,42 @@ def plot_ndcg_vs_latency(summary: dict, path: Path) -> None:
     _save(fig, path, summary)
 
 
+def plot_p99_vs_offered(summary: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for route, entry in summary["open_loop"].items():
+        xs, ys = _points([q["offered_per_s"] for q in entry["points"]], [q["p99_ms"] for q in entry["points"]])
+        if xs:
+            ax.plot(xs, ys, "o-", label=route)
+    ax.axhline(50.0, color="gray", linestyle=":", label="50 ms")
+    ax.set(yscale="log", xlabel="offered load (requests/s, Poisson)", ylabel="p99 latency (ms)",
+           title="Open loop: p99 vs offered load (N=1024)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    _save(fig, path, summary)
+
+
+def plot_auto_under_load(summary: dict, path: Path) -> None:
+    points = summary["auto_open_loop"]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 6.4), sharex=True)
+    for route in dict.fromkeys(q["route"] for q in points):
+        xs, ys = _points([q["offered_per_s"] for q in points if q["route"] == route],
+                         [q["ndcg10"] for q in points if q["route"] == route])
+        top.plot(xs, ys, "o-" if route == "auto" else ".--", label=route)
+    top.set(ylabel="NDCG@10", title="Under open-loop load with a 50 ms budget")
+    top.grid(True, alpha=0.3)
+    top.legend(fontsize=8)
+    auto = [q for q in points if q["route"] == "auto"]
+    xs = [q["offered_per_s"] for q in auto]
+    bottom_base = [0.0] * len(auto)
+    for taken in ("heavy", "cascade", "light"):
+        share = [q["routes_taken"].get(taken, 0) / max(sum(q["routes_taken"].values()), 1) for q in auto]
+        bottom.bar(xs, share, bottom=bottom_base, width=max(xs) * 0.05 if xs else 1.0, label=taken)
+        bottom_base = [b + v for b, v in zip(bottom_base, share)]
+    bottom.set(xlabel="offered load (requests/s, Poisson)", ylabel="auto: share of routes taken")
+    bottom.legend(fontsize=8)
+    _save(fig, path, summary)
+
+
 def _save(fig: plt.Figure, path: Path, summary: dict) -> None:
     fig.text(0.99, 0.005, summary["hardware"], ha="right", va="bottom", fontsize=7, color="gray")
     fig.tight_layout()
@@ -97,6 +138,10 @@ def write_plots(results: Path) -> list[Path]:
     paths = [out / name for name in PLOT_NAMES]
     for draw, path in zip((plot_latency_vs_n, plot_throughput, plot_ndcg_vs_latency), paths):
         draw(summary, path)
+    if "open_loop" in summary:
+        for draw, name in zip((plot_p99_vs_offered, plot_auto_under_load), CAPACITY_PLOTS):
+            draw(summary, out / name)
+            paths.append(out / name)
     return paths
 
 

@@ -10,6 +10,16 @@ The schema is fixed (plots, the report and other tools read it)::
      "overhead": {"served_p50_ms": x, "inprocess_p50_ms": y},
      "throughput": [{"concurrency": c, "infer_per_s": x, "p99_ms": y, "candidates_per_s": z}]}
 
+and, when perf/capacity.py ran (``capacity.json``), also::
+
+     "ceiling": {route: requests/s in process},
+     "saturation": {"batched"|"unbatched": {route: {"p50_c1_ms", "saturation_per_s", "saturation_p99_ms",
+                                                    "mean_batch_size": {model: x}}}},
+     "open_loop": {route: {"points": [{"offered_per_s", "achieved_per_s", "p50_ms", "p99_ms", "exit_code"}],
+                           "max_rate_within_p99": x}},
+     "auto_open_loop": [{"load", "route", "offered_per_s", "achieved_per_s", "p50_ms", "p99_ms",
+                         "miss_rate", "errors", "routes_taken", "ndcg10"}]
+
 Latencies are perf_analyzer's client p50 at concurrency 1; a point that was skipped or
 never measured stably is null (sweep.json says which and why). ``routes`` and
 ``overhead`` are at the sweep's focus N (1024 in the full profile), ``overhead`` on the
@@ -29,6 +39,7 @@ from perf.parse import PerfRow, parse_csv, row_at
 log = logging.getLogger(__name__)
 
 SCHEMA_KEYS = ("hardware", "scaling", "routes", "overhead", "throughput")
+CAPACITY_KEYS = ("ceiling", "saturation", "open_loop", "auto_open_loop")
 SCALING_KEYS = ("n", "auto_p50_ms", "heavy_p50_ms", "baseline_p50_ms")
 THROUGHPUT_ROUTE = "auto"
 
@@ -81,10 +92,40 @@ def build_summary(manifest: dict, rows: dict[str, list[PerfRow]]) -> dict:
     }
 
 
+def capacity_summary(capacity: dict) -> dict:
+    """The summary keys of a perf/capacity.py run (its ``capacity.json``)."""
+
+    def sat(entry: dict) -> dict:
+        return {
+            "p50_c1_ms": entry["p50_c1_ms"],
+            "saturation_per_s": entry["saturation_per_s"],
+            "saturation_p99_ms": entry["saturation_p99_ms"],
+            "mean_batch_size": {m: b["mean_batch_size"] for m, b in entry["batches"].items()},
+        }
+
+    point_keys = ("offered_per_s", "achieved_per_s", "p50_ms", "p99_ms", "exit_code")
+    auto_keys = ("load", "route", "offered_per_s", "achieved_per_s", "p50_ms", "p99_ms", "miss_rate", "errors",
+                 "routes_taken", "ndcg10")  # fmt: skip
+    return {
+        "ceiling": {route: c["requests_per_s"] for route, c in capacity["ceiling"].items()},
+        "saturation": {
+            variant: {route: sat(e) for route, e in capacity[variant].items()} for variant in ("batched", "unbatched")
+        },
+        "open_loop": {
+            route: {
+                "points": [{k: q.get(k) for k in point_keys} for q in entry["points"]],
+                "max_rate_within_p99": entry["max_rate_within_p99"],
+            }
+            for route, entry in capacity["open_loop"].items()
+        },
+        "auto_open_loop": [{k: q.get(k) for k in auto_keys} for q in capacity["auto_open_loop"]],
+    }
+
+
 def check_schema(summary: dict) -> None:
-    """ValueError naming the first part of ``summary`` that breaks the fixed schema."""
-    if tuple(summary) != SCHEMA_KEYS:
-        raise ValueError(f"summary keys must be {SCHEMA_KEYS}, got {tuple(summary)}")
+    """ValueError naming the first part of ``summary`` that breaks the fixed schema (new keys may follow)."""
+    if tuple(summary)[: len(SCHEMA_KEYS)] != SCHEMA_KEYS or not set(summary) <= {*SCHEMA_KEYS, *CAPACITY_KEYS}:
+        raise ValueError(f"summary keys must be {SCHEMA_KEYS} then some of {CAPACITY_KEYS}, got {tuple(summary)}")
     if not isinstance(summary["hardware"], str):
         raise ValueError(f"hardware must be a string, got {summary['hardware']!r}")
     scaling = summary["scaling"]
@@ -104,6 +145,8 @@ def check_schema(summary: dict) -> None:
 def write_summary(results: Path) -> dict:
     manifest = json.loads((results / "sweep.json").read_text())
     summary = build_summary(manifest, load_rows(results, manifest))
+    if (results / "capacity.json").is_file():
+        summary.update(capacity_summary(json.loads((results / "capacity.json").read_text())))
     check_schema(summary)
     (results / "summary.json").write_text(json.dumps(summary, indent=2))
     log.info("wrote %s", results / "summary.json")

@@ -10,6 +10,13 @@ skipped baseline or a sweep without N=1024); nothing is rounded into a pass.
   cascade quality       cascade NDCG@10 / heavy NDCG@10 (route N)     >= 0.99
   cascade latency       cascade p50 / heavy p50 (route N)             <= 0.35
   serving overhead      served p50 / in-process p50 (route N)         <= 1.5
+and, with perf/capacity.py's figures (N=1024, closed-loop saturation at concurrency 16):
+  batching gain         heavy saturation, batched / unbatched          >= 3
+  share of the ceiling  heavy saturation / in-process ceiling          >= 0.5
+  light throughput      light / heavy saturation                       >= 2.5
+  cascade throughput    cascade / heavy saturation                     >= 1.8
+  idle latency          batched / unbatched p50 at concurrency 1       <= 1.1 (worst route)
+  auto under load       at 1.5x heavy's saturation, 50 ms budget: p99 <= 50 ms, misses <= 1%, 0 errors
 ``routes`` and ``overhead`` in summary.json are at the sweep's focus N; pass it as
 ``route_n`` so targets defined at N=1024 are not claimed from another N.
 """
@@ -53,6 +60,40 @@ def _at(scaling: dict, key: str, n: int) -> float | None:
     return scaling[key][scaling["n"].index(n)] if n in scaling["n"] else None
 
 
+def _sat(summary: dict, variant: str, route: str, key: str = "saturation_per_s") -> float | None:
+    return summary.get("saturation", {}).get(variant, {}).get(route, {}).get(key)
+
+
+def capacity_targets(summary: dict) -> list[Target]:
+    """The batching targets; empty when perf/capacity.py did not run."""
+    if "saturation" not in summary:
+        return []
+    heavy = _sat(summary, "batched", "heavy")
+    idle = [
+        _ratio(_sat(summary, "batched", r, "p50_c1_ms"), _sat(summary, "unbatched", r, "p50_c1_ms"))
+        for r in summary["saturation"]["batched"]
+    ]
+    worst_idle = None if not idle or None in idle else max(idle)
+    auto = [q for q in summary.get("auto_open_loop", []) if q["route"] == "auto" and q["load"] == 1.5]
+    auto = auto[0] if auto else {}
+    return [
+        Target("batching gain", "heavy saturation throughput, batched / unbatched",
+               _ratio(heavy, _sat(summary, "unbatched", "heavy")), ">=", 3.0),
+        Target("share of the compute ceiling", "heavy saturation / in-process ceiling (heavy)",
+               _ratio(heavy, summary.get("ceiling", {}).get("heavy")), ">=", 0.5),
+        Target("light throughput", "light / heavy saturation throughput",
+               _ratio(_sat(summary, "batched", "light"), heavy), ">=", 2.5),
+        Target("cascade throughput", "cascade / heavy saturation throughput",
+               _ratio(_sat(summary, "batched", "cascade"), heavy), ">=", 1.8),
+        Target("idle latency", "batched / unbatched p50 at concurrency 1 (worst route)", worst_idle, "<=", 1.1),
+        Target("auto p99 under load", "auto p99 (ms) at 1.5x heavy saturation, 50 ms budget",
+               auto.get("p99_ms"), "<=", 50.0),
+        Target("auto budget misses", "share over budget or failed at 1.5x heavy saturation",
+               auto.get("miss_rate"), "<=", 0.01),
+        Target("auto errors", "errors at 1.5x heavy saturation", auto.get("errors"), "<=", 0.0),
+    ]  # fmt: skip
+
+
 def evaluate_targets(summary: dict, route_n: int = TARGET_N) -> list[Target]:
     scaling, routes, overhead = summary["scaling"], summary["routes"], summary["overhead"]
     at_target = route_n == TARGET_N
@@ -92,6 +133,7 @@ def evaluate_targets(summary: dict, route_n: int = TARGET_N) -> list[Target]:
             _ratio(overhead["served_p50_ms"], overhead["inprocess_p50_ms"]) if at_target else None,
             "<=", 1.5, off,
         ),
+        *capacity_targets(summary),
     ]  # fmt: skip
 
 

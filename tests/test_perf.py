@@ -9,6 +9,7 @@ its files. No timing is asserted: only that the pipeline produces well-formed fi
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +19,18 @@ import tritonclient.grpc as grpcclient
 from export.config import PRESETS
 from export.world import make_world
 from perf.analyzer import Window, concurrency_range
+from perf.capacity import PROFILES as CAPACITY_PROFILES
+from perf.capacity import auto_under_load, open_loop_rates, saturation
+from perf.ceiling import measure_routes
 from perf.inputs import input_data, tensor_entry, tiled, world_requests, write_inputs
-from perf.parse import parse_composing, parse_csv, parse_csv_text, row_at
+from perf.parse import parse_composing, parse_csv, parse_csv_text, parse_rate_csv, parse_rate_csv_text, row_at
 from perf.plots import write_plots
 from perf.report import write_report
+from perf.repository import read_config, unbatched_copy
 from perf.stub_profile import STAT_PARTS, ProfileConfig, breakdown, markdown, profile, top_frames
 from perf.summary import check_schema, write_summary
 from perf.sweep import SweepConfig, _baseline, exported_preset, finish, sweep
-from perf.targets import MET, MISSED, NOT_MEASURED, evaluate_targets
+from perf.targets import MET, MISSED, NOT_MEASURED, capacity_targets, evaluate_targets
 from serving.contract import ADAPTIVE_RANKING, F_C, F_U, PER_CANDIDATE_BASELINE
 from serving.server.launcher import REPO_ROOT, RunningServer
 
@@ -255,3 +260,98 @@ def test_stub_profile_against_server(triton_server: RunningServer, tmp_path: Pat
     assert ranker is not None and ranker["samples"] > 0, "py-spy could not record the ranker's stub"
     assert (tmp_path / "ranker.raw.txt").is_file()
     assert "| ranker | 1.0 |" in markdown(result)
+
+
+# --- perf/capacity.py: ceiling, saturation, open loop ------------------------------------------------
+
+RATE_CSV = """\
+Request Rate,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,\
+Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency
+500,480.581,20,60261,2,953,31675,4776,4,70865,214886,265308,331174
+100,94.703,16,6908,3,186,9030,881,5,12590,30626,38430,60212
+"""
+
+
+def test_parse_rate_csv_in_ms_by_offered_rate(tmp_path: Path) -> None:
+    path = tmp_path / "rate.csv"
+    path.write_text(RATE_CSV.splitlines()[0] + "\n" + RATE_CSV)  # perf_analyzer may repeat its header
+    rows = parse_rate_csv(path)
+    assert [r.offered_per_s for r in rows] == [100.0, 500.0]
+    assert rows[1].infer_per_s == pytest.approx(480.581) and rows[1].p99_ms == pytest.approx(331.174)
+
+
+def test_parse_rate_csv_rejects_a_concurrency_csv() -> None:
+    with pytest.raises(ValueError, match="not a perf_analyzer request-rate CSV"):
+        parse_rate_csv_text(PA_CSV, "pa.csv")
+
+
+def _capacity(heavy_batched: float, auto_p99: float) -> dict:
+    def sat(c1: float, per_s: float) -> dict:
+        return {"p50_c1_ms": c1, "saturation_per_s": per_s, "saturation_p99_ms": 40.0, "mean_batch_size": {}}
+
+    return {
+        "ceiling": {"light": 3000.0, "heavy": 1000.0, "cascade": 2000.0},
+        "saturation": {
+            "batched": {"light": sat(4.1, 2.6 * heavy_batched), "heavy": sat(6.2, heavy_batched),
+                        "cascade": sat(5.0, 1.9 * heavy_batched)},
+            "unbatched": {"light": sat(4.0, 300.0), "heavy": sat(6.0, 150.0), "cascade": sat(5.0, 200.0)},
+        },
+        "open_loop": {},
+        "auto_open_loop": [{"load": 1.5, "route": "auto", "p99_ms": auto_p99, "miss_rate": 0.005, "errors": 0}],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("heavy", "auto_p99", "expected"),
+    [(600.0, 40.0, [MET] * 8), (400.0, 80.0, [MISSED, MISSED, MET, MET, MET, MISSED, MET, MET])],
+    ids=["all-met", "misses-shown"],
+)
+def test_capacity_targets(heavy: float, auto_p99: float, expected: list[str]) -> None:
+    summary = {**_summary(400.0, 3.0), **_capacity(heavy, auto_p99)}
+    check_schema(summary)
+    assert [t.status for t in capacity_targets(summary)] == expected
+    assert len(evaluate_targets(summary, 1024)) == 5 + 8
+
+
+def test_unbatched_copy_changes_only_the_batch_size(tmp_path: Path) -> None:
+    repo = REPO_ROOT / "model_repository"
+    copy = unbatched_copy(repo, tmp_path / "repo")
+    for path in sorted(repo.glob("*/configs/cpu.pbtxt")) + sorted(repo.glob("*/config.pbtxt")):
+        original, changed = read_config(path), read_config(copy / path.relative_to(repo))
+        assert changed.max_batch_size == min(original.max_batch_size, 1)
+        changed.max_batch_size = original.max_batch_size
+        assert changed == original, path
+
+
+def test_capacity_pieces_against_server(triton_server: RunningServer, tmp_path: Path) -> None:
+    """Saturation, the open-loop rates and auto under load against the session's server on the smoke
+    profile, then summary, plots and report from a capacity.json built of them (no timing asserted)."""
+    cfg = CAPACITY_PROFILES["smoke"]
+    preset = exported_preset()
+    files = write_inputs(make_world(PRESETS[preset].world), (cfg.n,), cfg.requests_per_file, tmp_path / "inputs")
+    inputs = files[cfg.n].ranking
+    batched = saturation(triton_server, cfg, inputs, tmp_path, "batched")
+    assert set(batched) == {"light", "heavy", "cascade"}
+    assert all(e["saturation_per_s"] and e["p50_c1_ms"] for e in batched.values())
+    assert batched["heavy"]["batches"]["scorer_heavy"]["mean_batch_size"] is not None
+    rates = open_loop_rates(triton_server, cfg, inputs, tmp_path, batched)
+    assert all(len(entry["points"]) == len(cfg.rate_fractions) for entry in rates.values())
+    auto = auto_under_load(triton_server, cfg, preset, batched["heavy"]["saturation_per_s"])
+    assert {q["route"] for q in auto} == {"auto", "light", "heavy", "cascade"}
+    assert all(q["answered"] + q["errors"] == q["sent"] for q in auto)
+    ceiling = measure_routes(REPO_ROOT / "model_repository", preset, cfg.n, 0.3, threads=1)
+    capacity = {
+        "ceiling": {r: c.as_dict() for r, c in ceiling.items()},
+        "batched": batched, "unbatched": batched, "open_loop": rates, "auto_open_loop": auto,
+    }  # fmt: skip
+    manifest = {"preset": preset, "hardware": "test", "focus_n": cfg.n, "profile": "test", "wall_s": 0.0,
+                "settings": {**asdict(SweepConfig(ns=(cfg.n,))), "ns": [cfg.n]}, "runs": [], "skipped": [],
+                "ndcg": {"n": cfg.n, "requests": 0, "routes": {r: {"ndcg10": 0.5} for r in SweepConfig().routes}},
+                "inprocess": {"route": "heavy", "n": cfg.n, "p50_ms": 1.0, "threads": 1, "repeats": 1}}  # fmt: skip
+    (tmp_path / "sweep.json").write_text(json.dumps(manifest))
+    (tmp_path / "capacity.json").write_text(json.dumps(capacity))
+    summary = write_summary(tmp_path)
+    assert summary["ceiling"]["heavy"] > 0 and summary["saturation"]["batched"]["heavy"]["saturation_per_s"] > 0
+    for path in write_plots(tmp_path):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Capacity at N=1024" in write_report(tmp_path).read_text()
