@@ -14,7 +14,11 @@ image. Verify one in the image with the command in ``check``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
+
+BASE_REPOSITORY = "nvcr.io/nvidia/tritonserver"
 
 
 @dataclass(frozen=True)
@@ -87,3 +91,19 @@ def base_image(tag: str) -> BaseImage:
             "add one to export/image_versions.py with the source of each version"
         )
     return BASE_IMAGES[tag]
+
+
+def dockerfile_base_tag(dockerfile: Path) -> str:
+    """The tritonserver tag of the Dockerfile's FROM line, with ``${ARG}`` defaults declared before it filled in."""
+    args: dict[str, str] = {}
+    for line in dockerfile.read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["ARG"] and "=" in words[1]:
+            name, value = words[1].split("=", 1)
+            args[name] = value
+        elif words[:1] == ["FROM"]:
+            image = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), words[1])
+            if not image.startswith(f"{BASE_REPOSITORY}:") or "$" in image:
+                raise ValueError(f"{dockerfile}: FROM {words[1]} is not {BASE_REPOSITORY}:<tag> with a known tag")
+            return image.split(":", 1)[1]
+    raise ValueError(f"{dockerfile} has no FROM line")
