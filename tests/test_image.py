@@ -9,6 +9,7 @@ import ast
 import json
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -380,3 +381,39 @@ def test_pip_command_targets_the_image(tmp_path: Path):
                  "--platform manylinux_2_17_x86_64", "--platform manylinux2014_x86_64", "-r requirements-image.txt"):
         assert flag in joined, flag
     assert "manylinux_2_40" not in joined
+
+
+# -- the entrypoint script ----------------------------------------------------------------------
+
+
+def run_entrypoint(tmp_path: Path, build_exit: int, env: dict[str, str]) -> tuple[int, list[str], list[str]]:
+    """export/docker_entrypoint.sh with python3 and tritonserver replaced by recorders on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, code in (("python3", build_exit), ("tritonserver", 0)):
+        (bin_dir / name).write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{tmp_path}/{name}.args"\nexit {code}\n')
+        (bin_dir / name).chmod(0o755)
+    proc = subprocess.run(["sh", str(ROOT / "export" / "docker_entrypoint.sh"), "--log-verbose=1"],
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin", **env}, capture_output=True, text=True)
+
+    def args(name: str) -> list[str]:
+        path = tmp_path / f"{name}.args"
+        return path.read_text().splitlines() if path.is_file() else []
+
+    return proc.returncode, args("python3"), args("tritonserver")
+
+
+def test_entrypoint_builds_then_serves_the_cache_copy(tmp_path: Path):
+    code, build, server = run_entrypoint(tmp_path, 0, {"ENGINE_CACHE": str(tmp_path / "c"), "TRITON_ADMIN_KEY": "k"})
+    assert code == 0
+    assert build == ["-m", "export.tensorrt_build", "--model-repository", "/opt/ranking/model_repository",
+                     "--cache", str(tmp_path / "c")]
+    assert f"--model-repository={tmp_path}/c/model_repository" in server
+    assert "--model-control-mode=none" in server and "--exit-on-error=true" in server
+    assert "--http-restricted-api=model-repository,shared-memory,logging,trace:admin-key=k" in server
+    assert server[-1] == "--log-verbose=1", "extra arguments go to tritonserver"
+
+
+def test_entrypoint_does_not_serve_when_the_build_refuses(tmp_path: Path):
+    code, build, server = run_entrypoint(tmp_path, 1, {"ENGINE_CACHE": str(tmp_path / "c")})
+    assert code == 1 and build and server == []

@@ -24,6 +24,7 @@ from export.profiles import (
     profile,
     stamp,
 )
+from export.runtime_repo import mirror
 from serving.contract import DIM_LIMITS, ENGINE_MODELS, SCORER_HEAVY, SCORER_LIGHT, USER_TOWER
 
 REPO = Path(__file__).resolve().parents[1] / "model_repository"
@@ -194,3 +195,17 @@ def test_cache_volume_is_locked_and_an_unusable_one_named(tmp_path: Path):
     with pytest.raises(RuntimeError, match=f"engine cache {tmp_path}/file/cache is not a writable directory .*-v "):
         with locked_cache(tmp_path / "file" / "cache"):
             pass
+
+
+def test_start_up_on_the_projects_repository(tmp_path: Path):
+    """What every start does, TensorRT aside: mirror the repository into the cache, build there, twice."""
+    cache = tmp_path / "cache"
+    runtime = cache / "model_repository"
+    before = sorted(p.name for p in REPO.rglob("*"))
+    mirror(REPO, runtime)
+    assert build_stale(runtime, H100, "10.13.2.6", cache, FakeEngines()) == list(ENGINE_MODELS)
+    mirror(REPO, runtime)
+    assert build_stale(runtime, H100, "10.13.2.6", cache, FakeEngines()) == [], "plans survive the next start"
+    assert sorted(p.name for p in REPO.rglob("*")) == before, "nothing is written into the image's repository"
+    for name in ENGINE_MODELS:
+        assert (runtime / name / "1" / PLAN_FILE).is_file() and not (runtime / name / "1" / PLAN_FILE).is_symlink()
