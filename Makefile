@@ -59,7 +59,7 @@ lint-docker: venv ## Lint the Dockerfile with hadolint
 
 image-check: venv ## The image without Docker: hadolint, requirements-image.txt resolved by pip for its Python/platform (needs PyPI, ~1.5 min)
 	.venv/bin/hadolint Dockerfile
-	$(PY) -m pytest -q tests/test_image.py tests/test_preflight.py tests/test_runtime_repo.py
+	$(PY) -m pytest -q tests/test_image.py tests/test_image_resolve.py tests/test_preflight.py tests/test_runtime_repo.py
 	$(PY) -m export.image_resolve
 	$(PY) -m export.image_resolve --expect-conflict tests/data/requirements-image-conflict.txt
 
