@@ -49,13 +49,19 @@ test: venv ## Lint, export the tiny preset and run the tests
 lint: venv ## Lint with ruff
 	.venv/bin/ruff check .
 
-.PHONY: fp8 lint-docker
+.PHONY: fp8 lint-docker image-check
 
 fp8: venv ## Train/export PRESET, then FP8 PTQ: serve FP8 QDQ graphs, reports/fp8.{json,md}
 	$(PY) -m export.build --preset $(PRESET) --fp8
 
 lint-docker: venv ## Lint the Dockerfile with hadolint
 	.venv/bin/hadolint Dockerfile
+
+image-check: venv ## The image without Docker: hadolint, requirements-image.txt resolved by pip for its Python/platform (needs PyPI, ~1.5 min)
+	.venv/bin/hadolint Dockerfile
+	$(PY) -m pytest -q tests/test_image.py tests/test_image_resolve.py tests/test_preflight.py tests/test_runtime_repo.py
+	$(PY) -m export.image_resolve
+	$(PY) -m export.image_resolve --expect-conflict tests/data/requirements-image-conflict.txt
 
 .PHONY: bench bench-smoke
 

@@ -1,16 +1,20 @@
 #!/bin/sh
-# Docker entrypoint: build the TensorRT engines for this GPU when missing or stale, then start Triton
+# Docker entrypoint, run by NVIDIA's /opt/nvidia/nvidia_entrypoint.sh (the image's ENTRYPOINT):
+# check the GPU, the driver and the TensorRT versions, mirror the read-only model repository into
+# the cache volume, build the engines there when missing or stale, then start Triton on that copy
 # with hardened flags (no model control, admin APIs behind a key). Extra arguments go to tritonserver.
+# docs/image.md explains each step.
 set -eu
-REPO="${MODEL_REPOSITORY:-/opt/ranking/model_repository}"
-python3 -m export.tensorrt_build --model-repository "$REPO"
+SOURCE="${MODEL_REPOSITORY:-/opt/ranking/model_repository}"
+CACHE="${ENGINE_CACHE:-/var/cache/ranking}"
+python3 -m export.tensorrt_build --model-repository "$SOURCE" --cache "$CACHE"
 if [ -z "${TRITON_ADMIN_KEY:-}" ]; then
   echo "TRITON_ADMIN_KEY is not set: admin APIs are unreachable" >&2
   TRITON_ADMIN_KEY="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 fi
 RESTRICTED="model-repository,shared-memory,logging,trace:admin-key=${TRITON_ADMIN_KEY}"
 exec tritonserver \
-  --model-repository="$REPO" \
+  --model-repository="$CACHE/model_repository" \
   --model-control-mode=none \
   --strict-readiness=true \
   --exit-on-error=true \

@@ -1,6 +1,6 @@
 """What the TensorRT build derives, in pure Python: optimization profiles, file names, which engines.
 
-    .venv/bin/python -m export.tensorrt_build --model-repository model_repository   # uses these
+    python3 -m export.tensorrt_build --model-repository ... --cache ...   # in the image; uses these
 
 Profiles come from serving/contract.py: every symbolic dim gets min / opt / max from
 ``DIM_LIMITS`` (min, max) and ``OPT_SIZES`` (the shape TensorRT tunes for); E and D are fixed
@@ -20,7 +20,6 @@ from serving.contract import DIM_LIMITS, ENGINE_MODELS, ModelSignature
 PLAN_FILE = "model.plan"  # config.pbtxt's default_model_filename
 ONNX_FILE = "model.onnx"
 STAMP_FILE = "model.plan.json"  # what a plan was built from and for
-TIMING_CACHE = "tensorrt.timing_cache"
 # Typical sizes TensorRT tunes kernels for: one request (B = 1), the ranker's micro-batch of candidates,
 # a 64-item history.
 OPT_SIZES = {"L": 64, "N": 512, "B": 1}
