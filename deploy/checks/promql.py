@@ -1,4 +1,4 @@
-"""PromQL checks with promtool (Debian's `prometheus` package, ``make deploy-tools``): syntax of
+"""PromQL checks with promtool (from Debian's `prometheus` package, ``make deploy-tools``): syntax of
 rules and dashboard queries, rule unit tests, and the metric names a query reads."""
 
 from __future__ import annotations
@@ -24,10 +24,14 @@ _IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "offset"}
 
 
+PROMTOOL = Path(__file__).resolve().parents[2] / "build" / "tools" / "promtool"
+
+
 def promtool() -> str:
-    path = shutil.which("promtool")
+    """deploy/tools/install-promtool.sh's binary, else one on PATH."""
+    path = str(PROMTOOL) if PROMTOOL.is_file() else shutil.which("promtool")
     if path is None:
-        raise FileNotFoundError("promtool is missing: run `make deploy-tools` (Debian package prometheus)")
+        raise FileNotFoundError(f"{PROMTOOL} is missing: run `make deploy-tools` (from Debian's prometheus package)")
     return path
 
 

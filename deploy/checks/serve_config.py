@@ -13,6 +13,8 @@ import yaml
 from ray.serve.config import AutoscalingConfig, AutoscalingPolicy
 from ray.serve.schema import DeploymentSchema, ServeApplicationSchema, ServeDeploySchema
 
+_IMPORT_ERRORS = (ImportError, AttributeError)  # Ray imports policy_function while validating
+
 
 def _unknown(obj: dict | None, model: type[pydantic.BaseModel], where: str) -> list[str]:
     return [f"{where}.{key}: not a field of {model.__name__}" for key in (obj or {}) if key not in model.model_fields]
@@ -28,6 +30,8 @@ def serve_config_errors(serve_config: str) -> list[str]:
         ServeDeploySchema.model_validate(config)
     except pydantic.ValidationError as e:
         errors += [f"serveConfigV2: {err['loc']}: {err['msg']}" for err in e.errors()]
+    except _IMPORT_ERRORS as e:  # a policy_function that does not import
+        errors.append(f"serveConfigV2: {type(e).__name__}: {e}")
     for i, app in enumerate(config.get("applications") or []):
         errors += _unknown(app, ServeApplicationSchema, f"applications[{i}]")
         for j, deployment in enumerate(app.get("deployments") or []):
@@ -39,6 +43,6 @@ def serve_config_errors(serve_config: str) -> list[str]:
                 errors += _unknown(autoscaling.get("policy"), AutoscalingPolicy, f"{where}.autoscaling_config.policy")
                 try:
                     AutoscalingConfig(**autoscaling)
-                except (pydantic.ValidationError, ValueError, ImportError) as e:
+                except (pydantic.ValidationError, ValueError, *_IMPORT_ERRORS) as e:
                     errors.append(f"{where}.autoscaling_config: {e}")
     return errors
