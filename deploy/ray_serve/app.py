@@ -22,6 +22,7 @@ import asyncio
 import logging
 import os
 import re
+import secrets
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, fields
@@ -87,6 +88,8 @@ class TritonReplica:
                 config_name=self.config.config_name or None,
                 startup_timeout_s=self.config.startup_timeout_s,
                 stop_timeout_s=self.config.stop_timeout_s,
+                # Admin APIs need a key nobody holds: the proxy never forwards them anyway.
+                admin_key=secrets.token_urlsafe(16),
             )
         )
         self.base = f"http://{self.server.http_url}"
