@@ -35,12 +35,13 @@ def run_helm(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(HELM), *args], capture_output=True, text=True, env=helm_env(), timeout=120)
 
 
-def set_args(values: dict[str, str]) -> list[str]:
-    return [
-        arg
-        for key, value in values.items()
-        for arg in ("--set-string" if isinstance(value, str) else "--set", f"{key}={value}")
-    ]
+def set_args(values: dict[str, object]) -> list[str]:
+    """``--set-string`` for strings (helm would turn "1" into a number), ``--set`` for the rest."""
+    args = []
+    for key, value in values.items():
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        args += ["--set-string" if isinstance(value, str) else "--set", f"{key}={text}"]
+    return args
 
 
 def lint(values: dict[str, object] | None = None, chart: Path = CHART) -> subprocess.CompletedProcess:
