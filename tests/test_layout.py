@@ -1,6 +1,7 @@
 """Where code lives: the import rules between the project's rooms, read from the source with ast.
 
-serving/ imports none of export/, client/, perf/; export/ none of client/, perf/; no import cycle;
+serving/ imports none of export/, client/, perf/, deploy/; export/ none of client/, perf/, deploy/;
+nothing imports deploy/ (it sits on top: it may use serving, client and export); no import cycle;
 the modules the Python stubs load import only the standard library, numpy, onnx, onnxruntime and
 triton_python_backend_utils at module level (torch only lazily); model_repository/ holds configs
 and one-import model.py files, nothing importable.
@@ -15,11 +16,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("serving", "export", "client", "perf")
+PACKAGES = ("serving", "export", "client", "perf", "deploy")
 FORBIDDEN = {
-    "serving": {"export", "client", "perf", "tests"},
-    "export": {"client", "perf", "tests"},
-    "client": {"perf"},
+    "serving": {"export", "client", "perf", "deploy", "tests"},
+    "export": {"client", "perf", "deploy", "tests"},
+    "client": {"perf", "deploy"},
+    "perf": {"deploy"},
+    "deploy": {"perf", "tests"},
 }
 STUB_ENTRY_POINTS = ("serving.triton.onnx_model", "serving.triton.ranker_model")
 STUB_THIRD_PARTY = {"numpy", "onnx", "onnxruntime", "triton_python_backend_utils"}
