@@ -30,6 +30,8 @@ def make_session(path: Path, intra_op_threads: int = 1) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = intra_op_threads
     opts.inter_op_num_threads = 1
+    # Idle intra-op threads would spin for work, burning the cores the other instances need.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if is_qdq_graph(path) else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     )
