@@ -189,8 +189,9 @@ class ScoreBatcher:
             ask.pieces[s.start] = part
             if not ask.failed and sum(p.shape[0] for p in ask.pieces.values()) == ask.candidates.shape[0]:
                 ordered = [ask.pieces[k] for k in sorted(ask.pieces)]
+                scores = ordered[0] if len(ordered) == 1 else arrays.concatenate(ordered)
                 if not ask.future.done():
-                    ask.future.set_result(arrays.float32(arrays.concatenate(ordered)))
+                    ask.future.set_result(arrays.float32(scores))
 
     @staticmethod
     def _fail(ask: _Ask, exc: BaseException) -> None:
