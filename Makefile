@@ -84,6 +84,13 @@ bench-smoke: venv ## Tiny perf sweep for CI (N 16, 64; concurrency 1) -> perf/re
 profile: venv ## Per-model Triton statistics and py-spy of every stub under load (ROUTE=heavy, N=1024) -> perf/results/profile/
 	$(PY) -m perf.stub_profile --route $(or $(ROUTE),heavy) --n $(or $(N),1024)
 
+.PHONY: bursts
+
+bursts: venv ## Bursts of 16 at once, as shipped vs with a Triton queue policy (the 500 ms batcher stall) -> perf/results/bursts.json
+	mkdir -p perf/results
+	$(PY) -m perf.bursts --preset $(PRESET) > perf/results/bursts.json
+	cat perf/results/bursts.json
+
 .PHONY: soak
 
 soak: venv ## Soak: 10,000 requests at concurrency 32 on every route; errors, answers, memory; auto budget misses (c 32, 8)

@@ -1,12 +1,14 @@
-"""Overload and load: bounded queues, fast rejection, and a short soak.
+"""Overload: Triton's queues without a queue policy, a burst that degrades instead of failing, a soak.
 
-1. Every model has a bounded queue (``dynamic_batching.default_queue_policy``:
-   max_queue_size, a queue timeout, REJECT) in both profiles, the ranker included (two
-   instances: Triton gives each one request at a time).
-2. On a copy of the repository with the ranker's queue cut to 2 and the heavy scorer
-   slowed to 1 s per call, a burst of 48 heavy requests: most are refused, with UNAVAILABLE
-   "Exceeds maximum queue size" (at once) or a queue timeout, within bounded time; every
-   other one is answered correctly, and the server serves after.
+1. No model has a ``dynamic_batching.default_queue_policy`` (in both profiles): a queue size
+   or timeout turns off the dynamic batcher's payload prefetching, and requests that arrive
+   while every instance is busy then wait up to 500 ms (``perf/bursts.py`` measures it;
+   docs/performance.md). The scorers (max_batch_size 0) have no batcher at all.
+2. On a copy of the repository with the heavy scorer slowed to 1 s per call, a burst of 48
+   requests at once, heavy and auto (300 ms budget) alternating: every one is answered, none
+   refused; each heavy answer is the heavy ranking, each auto answer the ranking of the route it
+   reports (the light ranking when heavy was abandoned), all within bounded time; the server
+   serves after.
 3. A short soak (perf/soak.py) against the session server: every route, concurrency 32,
    no errors, every answer equal to the in-process composition; memory growth recorded.
 """
@@ -14,7 +16,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from pathlib import Path
 
 import numpy as np
@@ -32,75 +33,51 @@ from serving.server.launcher import REPO_ROOT, ServerConfig, run_server
 from tests.test_faults import FAULTY_HEAVY
 
 REPOSITORY = REPO_ROOT / "model_repository"
-RANKER_QUEUE_TIMEOUT_S = 2.0  # the ranker's default_timeout_microseconds
-ENGINE_QUEUE_TIMEOUT_S = 5.0  # the engines'
+MODELS = sorted(set(ENGINE_MODELS) | {"ranker"})
+BURST = 48
+SLOW_HEAVY_S = 1.0
 
 
 def _config(path: Path) -> mc.ModelConfig:
     return text_format.Parse(path.read_text(), mc.ModelConfig())
 
 
-@pytest.mark.parametrize("name", sorted(ENGINE_MODELS))
+@pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("profile", ["config.pbtxt", "configs/cpu.pbtxt"])
-def test_engine_queues_are_bounded(name: str, profile: str):
+def test_no_queue_policy_turns_prefetching_off(name: str, profile: str):
     cfg = _config(REPOSITORY / name / profile)
-    assert cfg.HasField("dynamic_batching"), f"{name}/{profile}: no queue policy"
-    policy = cfg.dynamic_batching.default_queue_policy
-    assert 0 < policy.max_queue_size <= 256
-    assert policy.timeout_action == mc.ModelQueuePolicy.REJECT
-    assert 0 < policy.default_timeout_microseconds <= 60_000_000
+    batcher = cfg.dynamic_batching
+    assert not batcher.HasField("default_queue_policy"), f"{name}/{profile}: a queue policy stalls the batcher"
+    assert batcher.priority_levels == 0 and not batcher.priority_queue_policy, f"{name}/{profile}: priorities"
+    # A batcher on a model that takes no batch only queues: it would add a thread and nothing else.
+    assert cfg.HasField("dynamic_batching") == (cfg.max_batch_size > 0), f"{name}/{profile}"
 
 
-@pytest.mark.parametrize("profile", ["config.pbtxt", "configs/cpu.pbtxt"])
-def test_ranker_queue_is_bounded(profile: str):
-    cfg = _config(REPOSITORY / "ranker" / profile)
-    policy = cfg.dynamic_batching.default_queue_policy
-    assert cfg.HasField("dynamic_batching"), f"ranker/{profile}: no queue policy"
-    assert 0 < policy.max_queue_size <= 256
-    assert policy.timeout_action == mc.ModelQueuePolicy.REJECT
-    assert 0 < policy.default_timeout_microseconds <= RANKER_QUEUE_TIMEOUT_S * 1e6
-    assert sum(group.count for group in cfg.instance_group) >= 2  # one request per instance at a time
-    assert float(cfg.parameters["heavy_timeout_ms"].string_value) > 0
-
-
-def _tighten(repo: Path) -> None:
-    ranker = repo / "ranker" / "configs" / "cpu.pbtxt"  # the profile run_server serves
-    text, count = re.subn(r"max_queue_size: \d+", "max_queue_size: 2", ranker.read_text())
-    assert count == 1, f"no max_queue_size in {ranker}"
-    ranker.write_text(text)
-
-
-def test_overload_is_refused_at_once_and_answers_stay_correct(tmp_path: Path):
+def test_overload_burst_is_answered_correctly(tmp_path: Path):
     repo = repository_copy(REPOSITORY, tmp_path / "repo")
-    _tighten(repo)
-    # A heavy scorer that takes 1 s per call (tests/test_faults.py's test-only wrapper): the two
-    # ranker instances stay busy while the whole burst arrives (1-3 s on 2 cores), whatever the speed.
+    # A heavy scorer that takes 1 s per call (tests/test_faults.py's test-only wrapper): both ranker
+    # instances are busy on heavy calls while the whole burst arrives, whatever the machine's speed.
     (repo / "scorer_heavy" / "1" / "model.py").write_text(FAULTY_HEAVY)
-    (repo / "scorer_heavy" / "fault_mode").write_text("slow:1.0")
+    (repo / "scorer_heavy" / "fault_mode").write_text(f"slow:{SLOW_HEAVY_S}")
     ranker = InProcessRanker(REPOSITORY)
-    pool = [r for r in make_pool(6, seed=77) if r.candidate_ids.size == 700]
+    pool = make_pool(6, seed=77)
     with run_server(ServerConfig(model_repository=repo, log_path=tmp_path / "server.log")) as server:
-        outcomes = asyncio.run(send_all(server.grpc_url, pool, 48, 48, 50.0, 30.0, routes=("heavy",)))
-        refused = [(r, s) for _, _, r, s in outcomes if isinstance(r, Exception)]
-        answered = [(i, r) for i, _, r, _ in outcomes if not isinstance(r, Exception)]
-        assert answered, "overload must not refuse everything"
-        assert len(refused) + len(answered) == len(outcomes) == 48
-        full = 0
-        for error, seconds in refused:
-            assert "UNAVAILABLE" in str(error.status()), error
-            # queue full at arrival, or (a request queued behind slow ones) a queue timeout
-            assert re.search(r"Exceeds maximum queue size|Request timeout expired", error.message()), error.message()
-            assert seconds < ENGINE_QUEUE_TIMEOUT_S + 2.0, f"a refusal took {seconds:.2f} s: no queue is unbounded"
-            full += "Exceeds maximum queue size" in error.message()
-        # Most of the burst is refused: at once when it finds the ranker's queue full (after the
-        # embedding and tower steps), or by a queue timeout once queued; the message says which.
-        assert len(refused) >= 24, f"only {len(refused)} of 48 refused with a ranker queue of 2"
-        assert full >= 1, "no request found the ranker's queue full"
-        for index, result in answered:
-            want = ranker.rank(pool[index].arrays(), "heavy", 10)
-            np.testing.assert_array_equal(result.top_ids, want.top_ids)
+        outcomes = asyncio.run(send_all(server.grpc_url, pool, BURST, BURST, 300.0, 120.0, routes=("heavy", "auto")))
+        errors = [(route, r) for _, route, r, _ in outcomes if isinstance(r, Exception)]
+        assert not errors, errors[:3]
+        # Every heavy call takes 1 s on one of two instances; the burst needs at most one heavy
+        # call per heavy request, so nothing waits longer than that queue plus slack.
+        bound_s = SLOW_HEAVY_S * BURST / 2 + 10.0
+        for index, route, result, seconds in outcomes:
+            assert seconds < bound_s, f"request {index} ({route}) took {seconds:.1f} s"
+            if route == "heavy":
+                assert result.route == "heavy", result.route  # a fixed route never falls back
+            want = ranker.rank(pool[index].arrays(), result.route, 10)
+            np.testing.assert_array_equal(result.top_ids, want.top_ids, err_msg=f"{route} -> {result.route}")
+        auto = [r for _, route, r, _ in outcomes if route == "auto"]
+        assert any(r.route == "light" for r in auto), "under this load auto should end on light somewhere"
         with grpcclient.InferenceServerClient(server.grpc_url) as client:
-            served = infer(client, pool[0], route="cascade", top_k=10)
+            served = infer(client, pool[0], route="cascade", top_k=10, latency_budget_ms=5000.0)
         np.testing.assert_array_equal(served.top_ids, ranker.rank(pool[0].arrays(), "cascade", 10).top_ids)
 
 

@@ -19,6 +19,8 @@ import tritonclient.grpc as grpcclient
 from export.config import PRESETS
 from export.world import make_world
 from perf.analyzer import Window, concurrency_range
+from perf.bursts import BurstsConfig, with_queue_policy
+from perf.bursts import run as run_bursts
 from perf.capacity import PROFILES as CAPACITY_PROFILES
 from perf.capacity import auto_under_load, open_loop_rates, saturation
 from perf.ceiling import measure_routes
@@ -321,6 +323,25 @@ def test_unbatched_copy_changes_only_the_batch_size(tmp_path: Path) -> None:
         assert changed.max_batch_size == min(original.max_batch_size, 1)
         changed.max_batch_size = original.max_batch_size
         assert changed == original, path
+
+
+def test_queue_policy_copy_bounds_only_the_batched_models(tmp_path: Path) -> None:
+    repo = REPO_ROOT / "model_repository"
+    copy = with_queue_policy(repo, tmp_path / "repo", max_queue_size=7, timeout_us=9)
+    for path in sorted(repo.glob("*/configs/cpu.pbtxt")) + sorted(repo.glob("*/config.pbtxt")):
+        original, changed = read_config(path), read_config(copy / path.relative_to(repo))
+        policy = changed.dynamic_batching.default_queue_policy
+        if original.max_batch_size > 0:
+            assert (policy.max_queue_size, policy.default_timeout_microseconds) == (7, 9), path
+            changed.dynamic_batching.ClearField("default_queue_policy")
+        assert changed == original, path
+
+
+def test_bursts_against_both_servers() -> None:
+    """perf/bursts.py end to end on the exported preset: both variants served every burst (no timing asserted)."""
+    out = run_bursts(REPO_ROOT / "model_repository", BurstsConfig(bursts=2, size=4, n=64, preset=exported_preset()))
+    for label in ("as_shipped", "queue_policy"):
+        assert out[label]["bursts"] == 2 and out[label]["median_ms"] > 0, out
 
 
 def test_capacity_pieces_against_server(triton_server: RunningServer, tmp_path: Path) -> None:
