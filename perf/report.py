@@ -93,6 +93,11 @@ def _breakdown(manifest: dict) -> list[str]:
             "", *_table(header, rows), ""]
 
 
+def _sat_at(entry: dict) -> str:
+    at = entry.get("saturation_concurrency")
+    return _f(entry["saturation_per_s"], 1) + (f" (c={at})" if at else "")
+
+
 def _capacity(summary: dict) -> list[str]:
     if "saturation" not in summary:
         return []
@@ -102,12 +107,13 @@ def _capacity(summary: dict) -> list[str]:
         b, u = sat["batched"][route], sat["unbatched"][route]
         batches = ", ".join(f"{m} {_f(x, 1)}" for m, x in b["mean_batch_size"].items() if x is not None)
         share = b["saturation_per_s"] / ceiling[route] if b["saturation_per_s"] and ceiling.get(route) else None
-        rows.append([route, _f(u["p50_c1_ms"]), _f(b["p50_c1_ms"]), _f(u["saturation_per_s"], 1),
-                     _f(b["saturation_per_s"], 1), _f(ceiling.get(route), 1), _f(share, 2), batches])
+        rows.append([route, _f(u["p50_c1_ms"]), _f(b["p50_c1_ms"]), _sat_at(u), _sat_at(b),
+                     _f(ceiling.get(route), 1), _f(share, 2), batches])
     header = ["route", "unbatched p50 c=1", "batched p50 c=1", "unbatched sat./s", "batched sat./s",
-              "ceiling /s", "batched / ceiling", "mean batch size (batched, at saturation)"]
+              "ceiling /s", "batched / ceiling", "mean batch size (batched, whole sweep)"]
     lines = ["## Capacity at N=1024 (perf/capacity.py)", "",
-             "Closed loop: p50 at concurrency 1 (ms) and throughput at concurrency 16; the ceiling is the same "
+             "Closed loop: p50 at concurrency 1 (ms) and saturation, the highest throughput of the loaded "
+             "concurrencies (which one in brackets); the ceiling is the same "
              "ONNX graphs in process, one thread per core.", "", *_table(header, rows), ""]
     rows = []
     for route, entry in summary["open_loop"].items():

@@ -14,7 +14,7 @@ and, when perf/capacity.py ran (``capacity.json``), also::
 
      "ceiling": {route: requests/s in process},
      "saturation": {"batched"|"unbatched": {route: {"p50_c1_ms", "saturation_per_s", "saturation_p99_ms",
-                                                    "mean_batch_size": {model: x}}}},
+                                                    "saturation_concurrency", "mean_batch_size": {model: x}}}},
      "open_loop": {route: {"points": [{"offered_per_s", "achieved_per_s", "p50_ms", "p99_ms", "exit_code"}],
                            "max_rate_within_p99": x}},
      "auto_open_loop": [{"load", "route", "offered_per_s", "achieved_per_s", "p50_ms", "p99_ms",
@@ -100,6 +100,7 @@ def capacity_summary(capacity: dict) -> dict:
             "p50_c1_ms": entry["p50_c1_ms"],
             "saturation_per_s": entry["saturation_per_s"],
             "saturation_p99_ms": entry["saturation_p99_ms"],
+            "saturation_concurrency": entry.get("saturation_concurrency"),
             "mean_batch_size": {m: b["mean_batch_size"] for m, b in entry["batches"].items()},
         }
 
