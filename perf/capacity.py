@@ -106,10 +106,13 @@ def saturation(server: RunningServer, cfg: CapacityConfig, inputs: Path, results
     with grpcclient.InferenceServerClient(server.grpc_url) as client:
         for route in FIXED_ROUTES:
             before = batch_statistics(client)
-            levels = (1, *cfg.saturation_concurrency)
-            job = Job(f"{label}-{route}-n{cfg.n}", ADAPTIVE_RANKING.name, inputs, levels, route)
-            run = run_analyzer(job, server.grpc_url, cfg.window, results / "csv" / "capacity")
-            rows = {r.concurrency: r for r in run.rows}
+            # One perf_analyzer call per level: its --concurrency-range is linear (1:64:step).
+            runs = [
+                run_analyzer(Job(f"{label}-{route}-n{cfg.n}-c{c}", ADAPTIVE_RANKING.name, inputs, (c,), route),
+                             server.grpc_url, cfg.window, results / "csv" / "capacity")
+                for c in (1, *cfg.saturation_concurrency)
+            ]  # fmt: skip
+            rows = {r.concurrency: r for run in runs for r in run.rows}
             c1 = rows.get(1)
             loaded = [rows[c] for c in cfg.saturation_concurrency if c in rows]
             sat = max(loaded, key=lambda r: r.infer_per_s) if loaded else None
@@ -119,8 +122,8 @@ def saturation(server: RunningServer, cfg: CapacityConfig, inputs: Path, results
                 "saturation_p99_ms": sat.p99_ms if sat else None,
                 "saturation_concurrency": sat.concurrency if sat else None,
                 "by_concurrency": {str(r.concurrency): {"per_s": r.infer_per_s, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms}
-                                   for r in run.rows},  # fmt: skip
-                "missing": list(run.missing),
+                                   for r in rows.values()},  # fmt: skip
+                "missing": [c for run in runs for c in run.missing],
                 "batches": _delta(batch_statistics(client), before),
             }
             log.info("%s %s: c=1 p50 %s ms, saturation %s/s at c=%s", label, route, out[route]["p50_c1_ms"],
