@@ -12,9 +12,9 @@ METRICS_PORT ?= 8002
 help: ## List the targets
 	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
-venv: .venv/.installed ## Create .venv (Python 3.11), install requirements.txt and this project (+ libb64 for perf_analyzer)
+venv: .venv/.installed ## Create .venv (Python 3.11), install requirements.txt, requirements-data.txt (--no-deps) and this project (+ libb64 for perf_analyzer)
 
-.venv/.installed: requirements.txt pyproject.toml
+.venv/.installed: requirements.txt requirements-data.txt pyproject.toml
 	@if [ ! -x $(PY) ]; then \
 	  if command -v python3.11 >/dev/null 2>&1; then py=python3.11; \
 	  elif python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then py=python3; \
@@ -22,6 +22,7 @@ venv: .venv/.installed ## Create .venv (Python 3.11), install requirements.txt a
 	  echo "creating .venv with $$py"; $$py -m venv .venv; \
 	fi
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps -r requirements-data.txt
 	$(PY) -m pip install --no-deps -e .
 	@if dpkg -s libb64-0d >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
