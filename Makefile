@@ -2,12 +2,13 @@
 
 PY := .venv/bin/python
 PRESET ?= small
+DATA ?= world
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 
 .DEFAULT_GOAL := help
-.PHONY: help venv serve export demo test lint
+.PHONY: help venv serve export demo test lint ml100k-table
 
 help: ## List the targets
 	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -34,12 +35,26 @@ serve: venv ## Run Triton on model_repository (HTTP_PORT, GRPC_PORT, METRICS_POR
 	$(PY) -m serving.server --model-repository model_repository --config-name cpu \
 		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-export: venv ## Train and export the models into model_repository (PRESET=small)
+export: venv ## Train and export into model_repository (PRESET=small); DATA=ml-100k: MovieLens-100k, served evaluation, reports/export-ml-100k.json
+ifeq ($(DATA),ml-100k)
+	$(PY) -m export.ml100k
+	$(PY) -m client.ml100k_eval
+	$(PY) -m export.ml100k --table
+else
 	$(PY) -m export.build --preset $(PRESET)
+endif
 
-demo: venv ## Export the small preset and run the client demo
+demo: venv ## Export the small preset and run the client demo; DATA=ml-100k: a real user's next movies
+ifeq ($(DATA),ml-100k)
+	$(PY) -m export.ml100k
+	$(PY) -m client.ml100k_demo
+else
 	$(PY) -m export.build --preset small
 	$(PY) -m client.demo
+endif
+
+ml100k-table: venv ## Print the README's MovieLens-100k table from reports/export-ml-100k.json
+	$(PY) -m export.ml100k --table
 
 test: venv deploy-tools ## Lint, export the tiny preset and run the tests (deploy checks and the short Ray scale test included)
 	.venv/bin/ruff check .
