@@ -46,7 +46,7 @@ endif
 
 demo: venv ## Export the small preset and run the client demo; DATA=ml-100k: a real user's next movies
 ifeq ($(DATA),ml-100k)
-	$(PY) -m export.ml100k
+	test -f build/ml-100k/model_repository/scorer_heavy/1/model.onnx || $(PY) -m export.ml100k
 	$(PY) -m client.ml100k_demo
 else
 	$(PY) -m export.build --preset small

@@ -1,6 +1,6 @@
 """The demo on real data: a MovieLens-100k user's next movies, ranked by the real Triton server.
 
-    make demo DATA=ml-100k     # = export.ml100k (reuses the checkpoint), then this
+    make demo DATA=ml-100k     # = export.ml100k if nothing is exported yet, then this
 
 Starts tritonserver on ``build/ml-100k/model_repository``, takes one test user (``--user``, a raw
 MovieLens user id), prints the last movies they rated and the top 10 of every route with titles,
