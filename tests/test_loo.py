@@ -129,3 +129,24 @@ def test_baselines_on_hand_counts(data) -> None:
     np.testing.assert_allclose(scorers["cooccurrence"](case), [1 + 2 / 3, 1 / 3])
     np.testing.assert_array_equal(scorers["popularity"](case), [2, 1])
     np.testing.assert_array_equal(scorers["random"](case), scorers["random"](case))
+
+
+def test_training_examples_come_from_the_training_part_only() -> None:
+    from export.next_item import draw_negatives, example_requests, positions
+
+    data = load_ml100k(ml100k_dir())
+    split = leave_one_out(data, history_max=50)
+    pos = positions(split)
+    assert len(pos) == sum(max(s.size - 1, 0) for s in split.train)
+    counts = np.diff(data.seq_start)
+    assert (pos[:, 1] < counts[pos[:, 0]] - 2).all()  # never the validation (T-2) or test (T-1) position
+    rng = np.random.default_rng(0)
+    batch = pos[rng.integers(len(pos), size=256)]
+    positive = np.array([split.train[r][t] for r, t in batch])
+    negatives = draw_negatives(rng, data.items, positive, 31)
+    assert not (negatives == positive[:, None]).any()
+    req = example_requests(data, split, batch, negatives, 50)
+    for i, (row, t) in enumerate(batch):
+        seq = data.sequence(row)
+        np.testing.assert_array_equal(req.history_ids[i, : req.history_len[i]], seq[max(0, t - 50) : t])
+        assert req.candidate_ids[i, 0] == seq[t] and req.labels[i, 0] == 1 and not req.labels[i, 1:].any()
