@@ -8,7 +8,7 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 
 .DEFAULT_GOAL := help
-.PHONY: help venv serve export demo test lint ml100k-table
+.PHONY: help venv serve export demo test lint ml100k-table ml100k-fp8
 
 help: ## List the targets
 	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ else
 	$(PY) -m export.build --preset small
 	$(PY) -m client.demo
 endif
+
+ml100k-fp8: venv ## FP8 sensitivity + selective PTQ on MovieLens-100k (after make export DATA=ml-100k): full-ranking drops vs FP32
+	$(PY) -m export.ml100k_fp8
 
 ml100k-table: venv ## Print the README's MovieLens-100k table from reports/export-ml-100k.json
 	$(PY) -m export.ml100k --table
