@@ -2,19 +2,20 @@
 
 PY := .venv/bin/python
 PRESET ?= small
+DATA ?= world
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 
 .DEFAULT_GOAL := help
-.PHONY: help venv serve export demo test lint
+.PHONY: help venv serve export demo test lint ml100k-table ml100k-fp8
 
 help: ## List the targets
 	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
-venv: .venv/.installed ## Create .venv (Python 3.11), install requirements.txt and this project (+ libb64 for perf_analyzer)
+venv: .venv/.installed ## Create .venv (Python 3.11), install requirements.txt, requirements-data.txt (--no-deps) and this project (+ libb64 for perf_analyzer)
 
-.venv/.installed: requirements.txt pyproject.toml
+.venv/.installed: requirements.txt requirements-data.txt pyproject.toml
 	@if [ ! -x $(PY) ]; then \
 	  if command -v python3.11 >/dev/null 2>&1; then py=python3.11; \
 	  elif python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then py=python3; \
@@ -22,6 +23,7 @@ venv: .venv/.installed ## Create .venv (Python 3.11), install requirements.txt a
 	  echo "creating .venv with $$py"; $$py -m venv .venv; \
 	fi
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps -r requirements-data.txt
 	$(PY) -m pip install --no-deps -e .
 	@if dpkg -s libb64-0d >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -33,12 +35,29 @@ serve: venv ## Run Triton on model_repository (HTTP_PORT, GRPC_PORT, METRICS_POR
 	$(PY) -m serving.server --model-repository model_repository --config-name cpu \
 		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-export: venv ## Train and export the models into model_repository (PRESET=small)
+export: venv ## Train and export into model_repository (PRESET=small); DATA=ml-100k: MovieLens-100k, served evaluation, reports/export-ml-100k.json
+ifeq ($(DATA),ml-100k)
+	$(PY) -m export.ml100k
+	$(PY) -m client.ml100k_eval
+	$(PY) -m export.ml100k --table
+else
 	$(PY) -m export.build --preset $(PRESET)
+endif
 
-demo: venv ## Export the small preset and run the client demo
+demo: venv ## Export the small preset and run the client demo; DATA=ml-100k: a real user's next movies
+ifeq ($(DATA),ml-100k)
+	test -f build/ml-100k/model_repository/scorer_heavy/1/model.onnx || $(PY) -m export.ml100k
+	$(PY) -m client.ml100k_demo
+else
 	$(PY) -m export.build --preset small
 	$(PY) -m client.demo
+endif
+
+ml100k-fp8: venv ## FP8 sensitivity + selective PTQ on MovieLens-100k (after make export DATA=ml-100k): full-ranking drops vs FP32
+	$(PY) -m export.ml100k_fp8
+
+ml100k-table: venv ## Print the README's MovieLens-100k table from reports/export-ml-100k.json
+	$(PY) -m export.ml100k --table
 
 test: venv deploy-tools ## Lint, export the tiny preset and run the tests (deploy checks and the short Ray scale test included)
 	.venv/bin/ruff check .

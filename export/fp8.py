@@ -121,10 +121,24 @@ def measure_graphs(folder: Path, requests: Requests) -> dict[str, dict]:
     return result
 
 
-def run_fp8(model: RankingModel, world: World, requests: Requests, folder: Path, reports: Path, serve: bool) -> dict:
-    """The whole FP8 step for a trained ``model``; returns the report written to ``reports/fp8.json``."""
+def run_fp8(
+    model: RankingModel,
+    world: World | None,
+    requests: Requests,
+    folder: Path,
+    reports: Path,
+    serve: bool,
+    calibration: Requests | None = None,
+    report_name: str = "fp8",
+) -> dict:
+    """The whole FP8 step for a trained ``model``; returns the report written to ``reports/<report_name>.json``.
+    Calibrates on ``calibration``, else on the world's training distribution."""
+    if calibration is None:
+        if world is None:
+            raise ValueError("run_fp8 needs a world or calibration requests")
+        calibration = calibration_requests(world)
     reference = model_scores(model, requests)
-    qmodel = quantize(model, calibration_requests(world))
+    qmodel = quantize(model, calibration)
     sensitivity = layer_sensitivity(qmodel, reference, requests)
     precisions, steps = select(qmodel, sensitivity, reference, requests)
     rank = {name: i + 1 for i, name in enumerate(order_by_sensitivity(sensitivity))}
@@ -154,7 +168,7 @@ def run_fp8(model: RankingModel, world: World, requests: Requests, folder: Path,
     report = {
         "budget": {"auc_drop": AUC_BUDGET, "ndcg10_drop": NDCG_BUDGET},
         "eval_requests": [len(requests), requests.n_candidates],
-        "calibration_requests": CALIBRATION_REQUESTS,
+        "calibration_requests": len(calibration),
         "layers": table,
         "selection_steps": steps,
         "embedding": embedding_effect(model, reference, requests),
@@ -166,8 +180,8 @@ def run_fp8(model: RankingModel, world: World, requests: Requests, folder: Path,
         for name in PIPELINE:
             shutil.copyfile(folder / name / "1" / FP8_FILE, folder / name / "1" / SERVED_FILE)
     reports.mkdir(parents=True, exist_ok=True)
-    (reports / "fp8.json").write_text(json.dumps(report, indent=2))
-    (reports / "fp8.md").write_text(markdown(report))
+    (reports / f"{report_name}.json").write_text(json.dumps(report, indent=2))
+    (reports / f"{report_name}.md").write_text(markdown(report))
     return report
 
 

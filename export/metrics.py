@@ -1,4 +1,4 @@
-"""Ranking metrics in pure NumPy: rank-based AUC and NDCG@k.
+"""Ranking metrics in pure NumPy: rank-based AUC and NDCG@k; HR@k, NDCG@k and MRR of one target.
 
 Both are exact (no sampling) and vectorised: ``auc`` sorts once (O(M log M) for M
 scores, fine for the ~640k train rows of the ``small`` preset); ``ndcg_at_k`` sorts
@@ -76,3 +76,41 @@ def ndcg_at_k(scores: np.ndarray, gains: np.ndarray, k: int = 10) -> float:
     if not valid.any():
         raise ValueError(f"all {g.shape[0]} requests have zero gains; NDCG is undefined")
     return float(np.mean(dcg[valid] / ideal[valid]))
+
+
+LOO_KS = (10, 50)  # HR@k and NDCG@k of the leave-one-out protocol (export/loo.py)
+
+
+def target_metrics(scores: np.ndarray, target_index: int, ks: tuple[int, ...] = LOO_KS) -> dict[str, float]:
+    """HR@k, NDCG@k and reciprocal rank of one target among ``scores`` (N,), one relevant item.
+
+    With g candidates scoring above the target and e others tying with it, the target's rank is
+    taken as uniform over g+1 .. g+e+1 (a random order among ties) and each metric is its
+    expectation, so a constant scorer earns chance figures, not the best or worst rank.
+    HR@k = P(rank <= k), NDCG@k = E[1 / log2(rank + 1); rank <= k] (the ideal DCG is 1),
+    RR = E[1 / rank].
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1 or not 0 <= target_index < s.size:
+        raise ValueError(f"need scores (N,) and 0 <= target_index < N, got {s.shape} and {target_index}")
+    if not np.all(np.isfinite(s)):
+        raise ValueError(f"scores must be finite, got {int(np.sum(~np.isfinite(s)))} non-finite values")
+    st = s[target_index]
+    greater = int(np.sum(s > st))
+    ties = int(np.sum(s == st)) - 1
+    ranks = np.arange(greater + 1, greater + ties + 2, dtype=np.float64)
+    out: dict[str, float] = {}
+    for k in ks:
+        hit = ranks <= k
+        out[f"hr{k}"] = float(hit.mean())
+        out[f"ndcg{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0).mean())
+    out["mrr"] = float((1.0 / ranks).mean())
+    return out
+
+
+def loo_metrics(scores: list[np.ndarray], target_index: list[int], ks: tuple[int, ...] = LOO_KS) -> dict[str, float]:
+    """Means of ``target_metrics`` over users (each its own N); keys hr10, ndcg10, hr50, ndcg50, mrr."""
+    if len(scores) != len(target_index) or not scores:
+        raise ValueError(f"need as many score vectors as targets (>= 1), got {len(scores)} and {len(target_index)}")
+    per_user = [target_metrics(s, t, ks) for s, t in zip(scores, target_index)]
+    return {key: float(np.mean([m[key] for m in per_user])) for key in per_user[0]}

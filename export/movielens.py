@@ -1,293 +1,261 @@
-"""Load MovieLens-1M (``ratings.dat`` + ``movies.dat``) into ranking ``Requests``.
+"""Load MovieLens-100k (RecBole's atomic files) into the project's structures.
 
-Nothing is downloaded: pass the paths of the unpacked files. Formats (latin-1):
+    from export.movielens import load_ml100k, ml100k_dir
+    data = load_ml100k(ml100k_dir())   # the copy inside the pinned recbole==1.2.1 wheel
 
-    ratings.dat   UserID::MovieID::Rating::Timestamp      (~1M lines, 6040 users)
-    movies.dat    MovieID::Title (Year)::Genre1|Genre2|...  (3883 movies)
+The data is GroupLens's (https://grouplens.org/datasets/movielens/100k/, their terms apply); it
+reaches this machine only inside the ``recbole==1.2.1`` wheel (``pip install --no-deps``,
+requirements-data.txt) and is never committed. ``ml100k_dir`` finds it through the wheel's
+metadata without importing recbole. Files (tab-separated, a typed header naming the columns):
 
-One request per user with at least 2 ratings, built from the user's ratings sorted by
-time (ties by movie id): the first ``min(history_len, n_ratings - 1)`` are the history;
-the next (up to ``max_rated_candidates``) rated movies are candidates, labelled
-``rating >= 4`` with relevance ``rating / 5``; movies the user never rated, sampled
-uniformly without repeats, fill up to ``n_candidates`` with label and relevance 0.
-Candidate order is shuffled per request.
+    ml-100k.inter   user_id:token item_id:token rating:float timestamp:float   (100,000 rows)
+    ml-100k.item    item_id:token movie_title:token_seq release_year:token class:token_seq
+    ml-100k.user    user_id:token age:token gender:token occupation:token zip_code:token
+    ml-100k.link    item_id:token entity_id:token            (item -> Freebase entity, optional)
+    ml-100k.kg      head_id:token relation_id:token tail_id:token       (Freebase triples, optional)
 
-Feature slots (same as the synthetic world, export/world.py):
+Every rating is an interaction (no threshold, no k-core). Each user's interactions are sorted by
+timestamp with a *stable* sort, so ties keep the file order (25k (user, timestamp) pairs repeat).
 
-* ids are the raw MovieLens ids (0 is never a real user or movie, so padding is unambiguous);
-* ``user_features`` = [user_id, 0, 0, 0]: ML-1M's users.dat demographics are not read,
-  so age_bucket, region and device are unknown and constant 0 (cardinality 1);
-* ``category`` = index of the movie's first listed genre in the sorted genre vocabulary;
-* ``creator_id`` stands in for the release period: 1 + (year - earliest year) // 5, from the
-  "(YYYY)" at the end of the title, 0 if the title has none;
-* ``price_bucket`` = popularity decile (0..9) of the movie's rating count over the whole
-  file (a global prior, so it includes the ratings that are later used as labels).
+Feature slots (serving/contract.py's names are fixed; each slot is one categorical embedding, so a
+field goes to the slot whose meaning is closest, and ids stay raw: the hashing is in the graph):
 
-For ML-1M the load takes ~1-2 s (vectorised; only malformed input is re-scanned line by line).
+* ``user_id``      the raw MovieLens user id (1..943).
+* ``age_bucket``   age in MovieLens-1M's seven groups (<18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+):
+                   the slot's own meaning.
+* ``region``       the US ZIP code's first digit (0-9, the national postal zones, which are
+                   geographic regions); 10 for a ZIP that does not start with a digit (Canada).
+* ``device``       occupation x gender (21 occupations x 2 = 42 values): MovieLens has no device;
+                   this is the remaining user context, and a slot with no field would carry a
+                   constant.
+* ``item_id``      the raw MovieLens item id (1..1682).
+* ``category``     the item's rarest genre among its listed ones (counted over the catalogue, ties
+                   by list order): the most specific genre ("Animation" over "Comedy"); 19 genres.
+* ``creator_id``   the film's director from the Freebase graph shipped beside the data
+                   (``film.film.directed_by``, the first listed), numbered 1.. in order of entity
+                   id; 0 when the film has no link or no director (92 of the 1,682 films).
+* ``price_bucket`` release year in 5-year buckets (1 + (year - earliest) // 5; 0 when unknown):
+                   like a price, an ordinal item attribute fixed before any interaction.
+
+No feature is counted from interactions, so no feature can carry a held-out target.
 """
 
 from __future__ import annotations
 
-import io
+import importlib.metadata
 import logging
-import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from export.world import Requests
 from serving import contract
 
 logger = logging.getLogger(__name__)
 
-POSITIVE_RATING = 4  # label = rating >= POSITIVE_RATING
-MAX_RATING = 5
+RECBOLE_DIR = "recbole/dataset_example/ml-100k"
+DATASET = "ml-100k"
+AGE_EDGES = (18, 25, 35, 45, 50, 56)  # MovieLens-1M's groups: < 18, 18-24, ..., 56+
+N_REGIONS = 11  # ZIP zones 0-9 and "not a US ZIP"
 YEAR_BUCKET_YEARS = 5
-N_POPULARITY_BUCKETS = 10
-_YEAR_RE = re.compile(r"\((\d{4})\)\s*$")
-_SAMPLING_ROUNDS = 50
+DIRECTED_BY = "film.film.directed_by"
 
 
-def _nonblank_line_number(lines: list[str], row: int) -> int:
-    """1-based line number of the ``row``-th (0-based) non-blank line."""
-    seen = -1
-    for lineno, line in enumerate(lines, 1):
-        if line.strip():
-            seen += 1
-            if seen == row:
-                return lineno
-    return len(lines)
-
-
-def _read_movies(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """Movie ids (sorted), first-genre index, year bucket (0 = unknown) and the genre vocabulary."""
-    ids: list[int] = []
-    titles: list[str] = []
-    genres: list[list[str]] = []
-    for lineno, line in enumerate(path.read_text(encoding="latin-1").splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split("::")
-        if len(parts) != 3:
-            raise ValueError(f"{path}:{lineno}: expected MovieID::Title::Genres, got {line!r}")
-        try:
-            movie_id = int(parts[0])
-        except ValueError:
-            raise ValueError(f"{path}:{lineno}: MovieID must be an integer, got {parts[0]!r}") from None
-        if movie_id < 1:
-            raise ValueError(f"{path}:{lineno}: MovieID must be >= 1, got {movie_id}")
-        g = [x.strip() for x in parts[2].split("|")]
-        if not all(g):
-            raise ValueError(f"{path}:{lineno}: empty genre in {parts[2]!r}")
-        ids.append(movie_id)
-        titles.append(parts[1])
-        genres.append(g)
-    if not ids:
-        raise ValueError(f"{path}: no movies")
-    id_arr = np.asarray(ids, dtype=np.int64)
-    uniq, counts = np.unique(id_arr, return_counts=True)
-    if (counts > 1).any():
-        raise ValueError(f"{path}: duplicate MovieID {int(uniq[counts > 1][0])}")
-
-    vocab = sorted({x for g in genres for x in g})
-    genre_index = {name: i for i, name in enumerate(vocab)}
-    first_genre = np.asarray([genre_index[g[0]] for g in genres], dtype=np.int64)
-    years = np.asarray([int(m.group(1)) if (m := _YEAR_RE.search(t)) else -1 for t in titles], dtype=np.int64)
-    known = years >= 0
-    year_bucket = np.zeros_like(years)
-    if known.any():
-        year_bucket[known] = 1 + (years[known] - years[known].min()) // YEAR_BUCKET_YEARS
-    order = np.argsort(id_arr)
-    return id_arr[order], first_genre[order], year_bucket[order], vocab
-
-
-def _read_ratings(path: Path, movie_ids: np.ndarray, movies_path: Path) -> np.ndarray:
-    """(M, 4) int64 [user, movie, rating, timestamp]; ValueError naming file and line when malformed."""
-    text = path.read_text(encoding="latin-1")
-    if not text.strip():
-        raise ValueError(f"{path}: no ratings")
+def ml100k_dir() -> Path:
+    """The ml-100k folder inside the installed recbole wheel (found via its metadata, not imported)."""
     try:
-        data = np.loadtxt(io.StringIO(text.replace("::", "\t")), delimiter="\t", dtype=np.int64, ndmin=2, comments=None)
-        if data.shape[1] != 4:
-            raise ValueError(f"expected 4 fields, got {data.shape[1]}")
-    except ValueError:
-        data = _parse_ratings_slowly(path, text.splitlines())
-    checks = (
-        (data[:, 0] < 1, "UserID must be >= 1"),
-        (~np.isin(data[:, 1], movie_ids), f"MovieID is not in {movies_path}"),
-        ((data[:, 2] < 1) | (data[:, 2] > MAX_RATING), f"Rating must lie in 1..{MAX_RATING}"),
-        (data[:, 3] < 0, "Timestamp must be >= 0"),
-    )
-    for bad, what in checks:
-        if bad.any():
-            row = int(np.argmax(bad))
-            lineno = _nonblank_line_number(text.splitlines(), row)
-            raise ValueError(f"{path}:{lineno}: {what}, got {data[row].tolist()}")
-    return data
+        dist = importlib.metadata.distribution("recbole")
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(
+            "MovieLens-100k comes with the recbole wheel: pip install --no-deps -r requirements-data.txt "
+            "(make venv does)"
+        ) from None
+    path = Path(str(dist.locate_file(RECBOLE_DIR)))
+    if not (path / f"{DATASET}.inter").is_file():
+        raise FileNotFoundError(f"{path / f'{DATASET}.inter'} is missing from the recbole wheel")
+    return path
 
 
-def _parse_ratings_slowly(path: Path, lines: list[str]) -> np.ndarray:
-    """Line-by-line parse, used only when the fast parse fails: names the first bad line, or
-    succeeds for well-formed files that the fast parser rejects (e.g. whitespace-only lines)."""
-    rows: list[list[int]] = []
-    for lineno, line in enumerate(lines, 1):
+@dataclass(frozen=True)
+class MovieLens:
+    """Users, items and every interaction in time order, grouped by user.
+
+    ``items`` and ``users`` are the raw ids, sorted; feature rows follow the same order.
+    ``seq_items[seq_start[u]:seq_start[u + 1]]`` is user row u's items, oldest first.
+    """
+
+    users: np.ndarray  # (U,) int64 raw user ids, sorted
+    user_features: np.ndarray  # (U, F_U) int64 in contract.USER_FEATURES order, user id first
+    items: np.ndarray  # (I,) int64 raw item ids, sorted
+    item_features: np.ndarray  # (I, F_C) int64 in contract.CANDIDATE_FEATURES order
+    titles: tuple[str, ...]  # (I,) "Title (year)"
+    seq_items: np.ndarray  # (M,) int64 raw item ids, user by user, each user's in time order
+    seq_ratings: np.ndarray  # (M,) float32
+    seq_times: np.ndarray  # (M,) int64
+    seq_start: np.ndarray  # (U + 1,) int64 offsets into seq_*
+    cardinalities: dict[str, int]  # keys of export.config.cardinalities, sized to the data
+
+    def sequence(self, row: int) -> np.ndarray:
+        """User row ``row``'s items, oldest first."""
+        return self.seq_items[self.seq_start[row] : self.seq_start[row + 1]]
+
+    def features_of(self, item_ids: np.ndarray) -> np.ndarray:
+        """(..., F_C) features of raw ``item_ids`` (...,)."""
+        return self.item_features[np.searchsorted(self.items, item_ids)]
+
+    def title_of(self, item_id: int) -> str:
+        return self.titles[int(np.searchsorted(self.items, item_id))]
+
+
+def _read_table(path: Path, columns: tuple[str, ...]) -> list[list[str]]:
+    """Rows of ``columns`` (header names without their :type) from a RecBole atomic file."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines:
+        raise ValueError(f"{path}: empty file, expected a header")
+    header = [h.split(":", 1)[0] for h in lines[0].split("\t")]
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise ValueError(f"{path}: header {lines[0]!r} lacks {missing}")
+    index = [header.index(c) for c in columns]
+    rows = []
+    for lineno, line in enumerate(lines[1:], 2):
         if not line.strip():
             continue
-        parts = line.split("::")
-        if len(parts) != 4:
-            raise ValueError(f"{path}:{lineno}: expected UserID::MovieID::Rating::Timestamp, got {line!r}")
-        row = []
-        for name, value in zip(("UserID", "MovieID", "Rating", "Timestamp"), parts):
-            try:
-                row.append(int(value))
-            except ValueError:
-                raise ValueError(f"{path}:{lineno}: {name} must be an integer, got {value!r}") from None
-        rows.append(row)
-    return np.asarray(rows, dtype=np.int64).reshape(-1, 4)
+        parts = line.split("\t")
+        if len(parts) != len(header):
+            raise ValueError(f"{path}:{lineno}: expected {len(header)} tab-separated fields, got {len(parts)}")
+        rows.append([parts[i] for i in index])
+    return rows
 
 
-def _popularity_bucket(counts: np.ndarray) -> np.ndarray:
-    edges = np.quantile(counts, np.linspace(0, 1, N_POPULARITY_BUCKETS + 1)[1:-1])
-    return np.searchsorted(edges, counts, side="left").astype(np.int64)
+def _ints(path: Path, name: str, values: list[str], minimum: int = 1) -> np.ndarray:
+    try:
+        out = np.asarray([int(float(v)) for v in values], dtype=np.int64)
+    except ValueError as e:
+        raise ValueError(f"{path}: {name} must be numbers: {e}") from None
+    if out.size and out.min() < minimum:
+        raise ValueError(f"{path}: {name} must be >= {minimum}, got {int(out.min())}")
+    return out
 
 
-def _fill_unrated(
-    rng: np.random.Generator,
-    cand: np.ndarray,
-    fill: np.ndarray,
-    user_row: np.ndarray,
-    rated_keys: np.ndarray,
-    movie_ids: np.ndarray,
-    key_base: int,
-) -> None:
-    """Set ``cand[fill]`` to movies that row's user never rated, no repeats within a row (in place)."""
-
-    def conflicts() -> np.ndarray:
-        keys = user_row[:, None] * key_base + cand
-        pos = np.minimum(np.searchsorted(rated_keys, keys), rated_keys.size - 1)
-        rated = rated_keys[pos] == keys
-        order = np.argsort(cand, axis=1, kind="stable")
-        srt = np.take_along_axis(cand, order, axis=1)
-        dup_sorted = np.zeros_like(rated)
-        dup_sorted[:, 1:] = srt[:, 1:] == srt[:, :-1]
-        dup = np.zeros_like(rated)
-        np.put_along_axis(dup, order, dup_sorted, axis=1)
-        return (rated | dup) & fill
-
-    todo = fill.copy()
-    for _ in range(_SAMPLING_ROUNDS):
-        if not todo.any():
-            return
-        cand[todo] = movie_ids[rng.integers(movie_ids.size, size=int(todo.sum()))]
-        todo = conflicts()
-    # Users who rated most of the catalogue: draw their remaining slots exactly.
-    for row in np.flatnonzero(todo.any(axis=1)):
-        keep = ~todo[row]
-        taken = np.union1d(rated_keys[(rated_keys // key_base) == user_row[row]] % key_base, cand[row, keep])
-        free = np.setdiff1d(movie_ids, taken)
-        cand[row, todo[row]] = rng.choice(free, size=int(todo[row].sum()), replace=False)
+def _unique_ids(path: Path, ids: np.ndarray) -> None:
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(f"{path}: duplicate id {int(uniq[counts > 1][0])}")
 
 
-def load_movielens(
-    ratings_path: str | Path,
-    movies_path: str | Path,
-    history_len: int,
-    n_candidates: int,
-    seed: int = 0,
-    *,
-    max_rated_candidates: int | None = None,
-) -> tuple[Requests, dict[str, int]]:
-    """One ranking request per user (see the module docstring) and the feature cardinalities.
+def _directors(directory: Path, items: np.ndarray) -> np.ndarray:
+    """(I,) director number per item, 0 = unknown; all 0 when the graph files are absent."""
+    link_path, kg_path = directory / f"{DATASET}.link", directory / f"{DATASET}.kg"
+    out = np.zeros(items.size, dtype=np.int64)
+    if not (link_path.is_file() and kg_path.is_file()):
+        logger.info("movielens: no %s / %s: creator_id is 0 for every item", link_path.name, kg_path.name)
+        return out
+    entity = {e: int(i) for i, e in _read_table(link_path, ("item_id", "entity_id"))}
+    director: dict[str, str] = {}
+    for head, relation, tail in _read_table(kg_path, ("head_id", "relation_id", "tail_id")):
+        if relation == DIRECTED_BY:
+            director.setdefault(head, tail)  # the first listed director
+    number = {d: i for i, d in enumerate(sorted(set(director.values())), 1)}
+    for e, item in entity.items():
+        if e in director:
+            row = int(np.searchsorted(items, item))
+            if row < items.size and items[row] == item:
+                out[row] = number[director[e]]
+    return out
 
-    ``max_rated_candidates`` (default ``n_candidates // 2``, at least 1) caps the rated
-    (next-in-time) candidates per request; sampling of unrated movies and the candidate
-    shuffle are deterministic in ``seed``. The cardinalities dict has the keys of
-    ``export.config.cardinalities`` and is sized to the data (max raw id + 1 for ids).
-    """
-    ratings_path, movies_path = Path(ratings_path), Path(movies_path)
-    if not 1 <= history_len <= contract.L_MAX:
-        raise ValueError(f"history_len must lie in 1..{contract.L_MAX}, got {history_len}")
-    if not 1 <= n_candidates <= contract.N_MAX:
-        raise ValueError(f"n_candidates must lie in 1..{contract.N_MAX}, got {n_candidates}")
-    max_rated = max(1, n_candidates // 2) if max_rated_candidates is None else max_rated_candidates
-    if not 1 <= max_rated <= n_candidates:
-        raise ValueError(f"max_rated_candidates must lie in 1..{n_candidates}, got {max_rated}")
 
-    movie_ids, first_genre, year_bucket, genres = _read_movies(movies_path)
-    data = _read_ratings(ratings_path, movie_ids, movies_path)
-    user, movie, rating, ts = data.T
+def _read_items(directory: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], int]:
+    path = directory / f"{DATASET}.item"
+    rows = _read_table(path, ("item_id", "movie_title", "release_year", "class"))
+    if not rows:
+        raise ValueError(f"{path}: no items")
+    ids = _ints(path, "item_id", [r[0] for r in rows])
+    _unique_ids(path, ids)
+    genres = [r[3].split() for r in rows]
+    if any(not g for g in genres):
+        raise ValueError(f"{path}: an item without a genre (class)")
+    vocab = sorted({x for g in genres for x in g})
+    count = {x: sum(x in g for g in genres) for x in vocab}
+    category = np.asarray([vocab.index(min(g, key=lambda x: count[x])) for g in genres], dtype=np.int64)
+    years = np.asarray([int(r[2]) if r[2].isdigit() else -1 for r in rows], dtype=np.int64)
+    bucket = np.zeros_like(years)
+    known = years >= 0
+    if known.any():
+        bucket[known] = 1 + (years[known] - years[known].min()) // YEAR_BUCKET_YEARS
+    titles = [f"{r[1]} ({r[2]})" if r[2].isdigit() else r[1] for r in rows]
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    features = np.stack([category[order], _directors(directory, ids), bucket[order]], axis=1)
+    return ids, features, tuple(titles[i] for i in order), len(vocab)
 
-    key_base = int(movie_ids.max()) + 1
-    n_ratings = np.bincount(movie, minlength=key_base)
-    feature_table = np.zeros((key_base, contract.F_C), dtype=np.int64)
-    feature_table[movie_ids] = np.stack([first_genre, year_bucket, _popularity_bucket(n_ratings[movie_ids])], axis=1)
 
-    order = np.lexsort((movie, ts, user))
-    user, movie, rating = user[order], movie[order], rating[order]
-    users, starts, counts = np.unique(user, return_index=True, return_counts=True)
-    keep = counts >= 2
-    if not keep.any():
-        raise ValueError(f"{ratings_path}: no user has the 2 ratings needed for a history and a candidate")
-    if (~keep).any():
-        logger.info("movielens: skipping %d users with a single rating", int((~keep).sum()))
-    user_row = np.searchsorted(users, user)  # rated_keys index users by row in `users`
-    rated_keys = np.sort(user_row * key_base + movie)
-    rows = np.flatnonzero(keep)
-    users, starts, counts = users[rows], starts[rows], counts[rows]
+def _read_users(directory: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    path = directory / f"{DATASET}.user"
+    rows = _read_table(path, ("user_id", "age", "gender", "occupation", "zip_code"))
+    if not rows:
+        raise ValueError(f"{path}: no users")
+    ids = _ints(path, "user_id", [r[0] for r in rows])
+    _unique_ids(path, ids)
+    age = np.searchsorted(np.asarray(AGE_EDGES), _ints(path, "age", [r[1] for r in rows], 0), side="right")
+    region = np.asarray([int(r[4][0]) if r[4][:1].isdigit() else N_REGIONS - 1 for r in rows], dtype=np.int64)
+    occupations = sorted({r[3] for r in rows})
+    genders = sorted({r[2] for r in rows})
+    device = np.asarray([occupations.index(r[3]) * len(genders) + genders.index(r[2]) for r in rows], dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    features = np.stack([ids, age, region, device], axis=1)[order]
+    return ids[order], features.astype(np.int64), len(occupations) * len(genders)
 
-    h = np.minimum(history_len, counts - 1)
-    n_rated = np.minimum(counts - h, max_rated)
-    short = movie_ids.size - counts < n_candidates - n_rated
-    if short.any():
-        u = int(users[np.argmax(short)])
-        raise ValueError(
-            f"user {u} has rated too many of the {movie_ids.size} movies to fill {n_candidates} candidates"
-        )
 
-    r = users.size
-    l_pad = int(h.max())
-    col = np.arange(l_pad)[None, :]
-    in_hist = col < h[:, None]
-    hist_idx = np.where(in_hist, starts[:, None] + col, 0)
-    history_ids = np.where(in_hist, movie[hist_idx], 0)
-
-    col = np.arange(n_candidates)[None, :]
-    is_rated = col < n_rated[:, None]
-    cand_idx = np.where(is_rated, (starts + h)[:, None] + col, 0)
-    cand = np.where(is_rated, movie[cand_idx], 0)
-    cand_rating = np.where(is_rated, rating[cand_idx], 0)
-
-    rng = np.random.default_rng(seed)
-    _fill_unrated(rng, cand, ~is_rated, rows, rated_keys, movie_ids, key_base)
-    perm = np.argsort(rng.random(cand.shape), axis=1)
-    cand = np.take_along_axis(cand, perm, axis=1)
-    cand_rating = np.take_along_axis(cand_rating, perm, axis=1)
-
-    requests = Requests(
-        user_features=np.stack([users, *(np.zeros_like(users),) * (contract.F_U - 1)], axis=1).astype(np.int64),
-        history_ids=history_ids.astype(np.int64),
-        history_len=h.astype(np.int64),
-        candidate_ids=cand.astype(np.int64),
-        candidate_features=feature_table[cand],
-        labels=(cand_rating >= POSITIVE_RATING).astype(np.float32),
-        relevance=(cand_rating / MAX_RATING).astype(np.float32),
-    )
+def load_ml100k(directory: str | Path) -> MovieLens:
+    """Read ``directory``'s ml-100k.{inter,item,user} (+ .link/.kg when present); see the module docstring."""
+    directory = Path(directory)
+    items, item_features, titles, n_genres = _read_items(directory)
+    users, user_features, n_devices = _read_users(directory)
+    path = directory / f"{DATASET}.inter"
+    rows = _read_table(path, ("user_id", "item_id", "rating", "timestamp"))
+    if not rows:
+        raise ValueError(f"{path}: no interactions")
+    user = _ints(path, "user_id", [r[0] for r in rows])
+    item = _ints(path, "item_id", [r[1] for r in rows])
+    rating = np.asarray([float(r[2]) for r in rows], dtype=np.float32)
+    ts = _ints(path, "timestamp", [r[3] for r in rows], 0)
+    for ids, known, what in ((user, users, "user_id"), (item, items, "item_id")):
+        unknown = ~np.isin(ids, known)
+        if unknown.any():
+            raise ValueError(f"{path}:{int(np.argmax(unknown)) + 2}: {what} {int(ids[unknown][0])} is not listed")
+    # Stable sorts: by time, then by user; equal timestamps keep the file order.
+    order = np.argsort(ts, kind="stable")
+    order = order[np.argsort(user[order], kind="stable")]
+    user_row = np.searchsorted(users, user[order])
+    seq_start = np.concatenate([[0], np.cumsum(np.bincount(user_row, minlength=users.size))]).astype(np.int64)
+    active = np.diff(seq_start) > 0
+    if not active.all():  # keep only users with interactions
+        keep = np.flatnonzero(active)
+        users, user_features = users[keep], user_features[keep]
+        seq_start = np.concatenate([[0], np.cumsum(np.diff(seq_start)[keep])]).astype(np.int64)
     cards = {
         "user_id": int(users.max()) + 1,
-        "age_bucket": 1,
-        "region": 1,
-        "device": 1,
-        "item_id": key_base,
-        "category": len(genres),
-        "creator_id": int(year_bucket.max()) + 1,
-        "price_bucket": N_POPULARITY_BUCKETS,
+        "age_bucket": len(AGE_EDGES) + 1,
+        "region": N_REGIONS,
+        "device": n_devices,
+        "item_id": int(items.max()) + 1,
+        "category": n_genres,
+        "creator_id": int(item_features[:, 1].max()) + 1,
+        "price_bucket": int(item_features[:, 2].max()) + 1,
     }
-    logger.info(
-        "movielens: %d requests, history <= %d, %d candidates, %d movies, %d genres",
-        r,
-        l_pad,
-        n_candidates,
-        movie_ids.size,
-        len(genres),
+    assert user_features.shape[1] == contract.F_U and item_features.shape[1] == contract.F_C
+    logger.info("movielens: %d interactions, %d users, %d items, %d genres, %d directors",
+                ts.size, users.size, items.size, n_genres, cards["creator_id"] - 1)
+    return MovieLens(
+        users=users,
+        user_features=user_features,
+        items=items,
+        item_features=item_features,
+        titles=titles,
+        seq_items=item[order],
+        seq_ratings=rating[order],
+        seq_times=ts[order],
+        seq_start=seq_start,
+        cardinalities=cards,
     )
-    return requests, cards
