@@ -169,12 +169,19 @@ def _log_tail(path: Path, lines: int = 40) -> str:
     return f"log {path}, last {lines} lines:\n{tail}"
 
 
-def _is_ready(url: str) -> bool:
+def _answers(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1.0) as resp:
+        with urllib.request.urlopen(url, timeout=1.0) as resp:
             return resp.status == 200
     except OSError:  # URLError included
         return False
+
+
+def _is_ready(server: RunningServer) -> bool:
+    """Ready, and the metrics port up too: Triton starts its metrics service after the HTTP one
+    (~40 ms later on an idle machine, longer under load), so a scrape right after readiness
+    could be refused."""
+    return _answers(f"http://{server.http_url}/v2/health/ready") and _answers(server.metrics_url)
 
 
 STUB_NAME = "triton_python_backend_stub"
@@ -290,7 +297,7 @@ def start_server(cfg: ServerConfig, append_log: bool = False) -> RunningServer:
     server = RunningServer(cfg, proc, log_path, *urls)
     try:
         deadline = time.monotonic() + cfg.startup_timeout_s
-        while not _is_ready(f"http://{server.http_url}"):
+        while not _is_ready(server):
             if proc.poll() is not None:
                 raise RuntimeError(f"tritonserver exited ({proc.returncode}) while starting; {_log_tail(log_path)}")
             if time.monotonic() > deadline:
