@@ -40,6 +40,7 @@ from export.next_item import NextItemConfig, RealDataPreset, build_model, row_us
 from export.onnx_export import export_all
 from export.train import to_tensors
 from serving.composition import cascade
+from serving.contract import as_request
 from serving.inprocess import InProcessRanker
 from serving.routing import RoutePolicy
 
@@ -163,7 +164,7 @@ def evaluate_inprocess(repository: Path, cases: list[Case], policy: RoutePolicy)
 
 
 def _as_request(case: Case) -> dict[str, np.ndarray]:
-    return {k: v[None] for k, v in case.fields().items()}
+    return as_request(case.fields())
 
 
 def train_or_load(
