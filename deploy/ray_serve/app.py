@@ -33,7 +33,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from deploy.queue_signal import QueueSignal, parse_counters, queue_models, queue_signal
+from deploy.queue_signal import Counters, parse_counters, queue_models, queue_signal
 from deploy.ray_serve.policy import QUEUE_METRIC
 from serving.contract import ADAPTIVE_RANKING
 from serving.server.launcher import REPO_ROOT, ServerConfig, start_server, stop_server
@@ -45,6 +45,21 @@ log = logging.getLogger("ray.serve")
 _ROUTES = re.compile(rf"^/v2/(health/(ready|live)|models/{ADAPTIVE_RANKING.name}(/versions/\d+)?(/infer|/ready)?)$")
 # Headers of the binary tensor extension and of compression, both ways.
 _PASSED_HEADERS = ("content-type", "inference-header-content-length", "content-encoding", "accept-encoding")
+
+
+def autoscaling_reading(
+    previous: Counters | None, counters: Counters, models: tuple[str, ...], ongoing: int
+) -> tuple[Counters, dict[str, float]]:
+    """The replica's reading for the window since ``previous`` (a scrape), and the baseline of
+    the next window. ``ongoing``: requests the replica is forwarding now."""
+    if previous is None:
+        return counters, {QUEUE_METRIC: 0.0}  # the first scrape only opens a window
+    signal = queue_signal(previous, counters, models)
+    if signal.requests == 0 and ongoing > 0:
+        # Requests in flight and none finished (a stalled, saturated server): the queue time is
+        # unknown, not 0. No reading; the window grows until a request completes.
+        return previous, {}
+    return counters, {QUEUE_METRIC: signal.per_request_us}
 
 
 @dataclass(frozen=True)
@@ -100,6 +115,7 @@ class TritonReplica:
             raise
         self.session: aiohttp.ClientSession | None = None
         self.counters = None  # the last scrape, for the next window
+        self.ongoing = 0  # requests being forwarded (one event loop: no lock)
         self.stopped = False
         log.info(
             "replica pid %d serves with tritonserver pid %d at %s", os.getpid(), self.server.process.pid, self.base
@@ -131,21 +147,24 @@ class TritonReplica:
         if not _ROUTES.match(path):
             return Response(b'{"error":"not served here"}', status_code=404, media_type="application/json")
         headers = {k: v for k, v in request.headers.items() if k.lower() in _PASSED_HEADERS}
-        async with self._session().request(
-            request.method, self.base + path, data=await request.body(), headers=headers
-        ) as upstream:
-            body = await upstream.read()
-            passed = {k: v for k, v in upstream.headers.items() if k.lower() in _PASSED_HEADERS}
-            return Response(body, status_code=upstream.status, headers=passed)
+        self.ongoing += 1
+        try:
+            async with self._session().request(
+                request.method, self.base + path, data=await request.body(), headers=headers
+            ) as upstream:
+                body = await upstream.read()
+                passed = {k: v for k, v in upstream.headers.items() if k.lower() in _PASSED_HEADERS}
+                return Response(body, status_code=upstream.status, headers=passed)
+        finally:
+            self.ongoing -= 1
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
-        """Queue µs per ensemble request since the previous call (Serve calls it every
+        """Queue µs per ensemble request since the previous reading (Serve calls it every
         metrics_interval_s and averages it over look_back_period_s)."""
         async with self._session().get(self.server.metrics_url) as response:
             counters = parse_counters(await response.text())
-        previous, self.counters = self.counters, counters
-        signal = QueueSignal(0.0, 0.0) if previous is None else queue_signal(previous, counters, self.models)
-        return {QUEUE_METRIC: signal.per_request_us}
+        self.counters, reading = autoscaling_reading(self.counters, counters, self.models, self.ongoing)
+        return reading
 
     async def check_health(self) -> None:
         if self.server.process.poll() is not None:
