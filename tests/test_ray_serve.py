@@ -63,8 +63,7 @@ def test_policy_counts_replicas_still_starting():
     assert policy(ctx)[0] == 1
 
 
-def _counters(queue_us: float, ensemble_success: float) -> Counters:
-    models = queue_models(REPO_ROOT / "model_repository")
+def _counters(models: tuple[str, ...], queue_us: float, ensemble_success: float) -> Counters:
     return Counters(
         {m: queue_us for m in models},
         {**{m: ensemble_success for m in models}, ADAPTIVE_RANKING.name: ensemble_success},
@@ -73,14 +72,14 @@ def _counters(queue_us: float, ensemble_success: float) -> Counters:
 
 def test_autoscaling_reading_windows():
     models = queue_models(REPO_ROOT / "model_repository")
-    first = _counters(0.0, 0.0)
+    first = _counters(models, 0.0, 0.0)
     baseline, reading = autoscaling_reading(None, first, models, ongoing=3)
     assert baseline is first and reading == {QUEUE_METRIC: 0.0}
-    later = _counters(1_000.0, 10.0)
+    later = _counters(models, 1_000.0, 10.0)
     baseline, reading = autoscaling_reading(first, later, models, ongoing=3)
     assert baseline is later and reading == {QUEUE_METRIC: pytest.approx(len(models) * 1_000.0 / 10.0)}
     # Requests in flight, none finished in the window: no reading, the window keeps its start.
-    stalled = _counters(1_500.0, 10.0)
+    stalled = _counters(models, 1_500.0, 10.0)
     assert autoscaling_reading(later, stalled, models, ongoing=2) == (later, {})
     # Nothing in flight and nothing finished: an idle replica has no queue.
     assert autoscaling_reading(later, later, models, ongoing=0) == (later, {QUEUE_METRIC: 0.0})
