@@ -26,11 +26,14 @@ import sysconfig
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import tritonclient.grpc as grpcclient
+
 from perf.parse import PerfRow, RateRow, parse_csv, parse_rate_csv
 
 log = logging.getLogger(__name__)
 
-# Models the ranker calls with BLS, per route: perf_analyzer then reports them with the ensemble's steps.
+# Models the ranker calls with BLS, per route (when its scorer_calls is "bls"): perf_analyzer then
+# reports them with the ensemble's steps.
 # perf_analyzer 2.51 fails ("failed to find the requested model version") when a listed model serves
 # nothing during a window, so only routes that always call a tier list it; `auto` may skip either.
 BLS_COMPOSING: dict[str, tuple[str, ...]] = {
@@ -92,7 +95,26 @@ def concurrency_range(levels: tuple[int, ...]) -> str:
     return f"{levels[0]}:{levels[-1]}:{step}"
 
 
-def command(job: Job, url: str, window: Window, csv_path: Path, levels: tuple[int, ...], stability: int) -> list[str]:
+def bls_composing(job: Job, url: str) -> tuple[str, ...]:
+    """The scorer models ``job``'s requests reach by BLS on the server at ``url``: none when its ranker
+    runs the scorers' graphs in process (scorer_calls onnxruntime, the CPU profile)."""
+    if job.model != "adaptive_ranking" or job.route not in BLS_COMPOSING:
+        return ()
+    with grpcclient.InferenceServerClient(url) as client:
+        params = client.get_model_config("ranker", as_json=True)["config"].get("parameters", {})
+    scorer_calls = params.get("scorer_calls", {}).get("string_value", "bls")
+    return BLS_COMPOSING[job.route] if scorer_calls == "bls" else ()
+
+
+def command(
+    job: Job,
+    url: str,
+    window: Window,
+    csv_path: Path,
+    levels: tuple[int, ...],
+    stability: int,
+    composing: tuple[str, ...] = (),
+) -> list[str]:
     cmd = [
         str(perf_analyzer_path()),
         "-m", job.model,
@@ -110,8 +132,8 @@ def command(job: Job, url: str, window: Window, csv_path: Path, levels: tuple[in
     ]  # fmt: skip
     if job.route is not None:
         cmd += ["--request-parameter", f"route:{job.route}:string"]
-    if job.model == "adaptive_ranking" and job.route in BLS_COMPOSING:
-        cmd += ["--bls-composing-models", ",".join(BLS_COMPOSING[job.route])]
+    if composing:
+        cmd += ["--bls-composing-models", ",".join(composing)]
     return cmd
 
 
@@ -130,7 +152,8 @@ def run_analyzer(job: Job, url: str, window: Window, out_dir: Path) -> Run:
     log_path.write_text("")
     for stale in (csv_path, *out_dir.glob(f"{job.name}-retry-c*.csv")):
         stale.unlink(missing_ok=True)
-    rc = _call(command(job, url, window, csv_path, job.concurrency, window.stability_pct), log_path)
+    composing = bls_composing(job, url)
+    rc = _call(command(job, url, window, csv_path, job.concurrency, window.stability_pct, composing), log_path)
     rows = parse_csv(csv_path) if csv_path.is_file() else []
     attempts = [f"{concurrency_range(job.concurrency)} at ±{window.stability_pct}%: exit {rc}"]
     loose, loose_levels = replace(window, request_count=2 * window.request_count), {}
@@ -138,7 +161,7 @@ def run_analyzer(job: Job, url: str, window: Window, out_dir: Path) -> Run:
         retry_csv = out_dir / f"{job.name}-retry-c{level}.csv"
         for stability in window.retry_stability_pct:
             retry_csv.unlink(missing_ok=True)
-            rc = _call(command(job, url, loose, retry_csv, (level,), stability), log_path)
+            rc = _call(command(job, url, loose, retry_csv, (level,), stability, composing), log_path)
             attempts.append(f"retry c={level} at ±{stability}%: exit {rc}")
             if retry_csv.is_file() and (retried := parse_csv(retry_csv)):
                 rows += retried

@@ -5,8 +5,10 @@
 In one run on one machine (ratios only mean something within it):
 1. the compute ceiling: the served ONNX graphs in process, one thread per core (perf/ceiling.py);
 2. per route, closed-loop perf_analyzer at concurrency 1 and at ``saturation_concurrency``, on the
-   unbatched configuration (perf/repository.py unbatched_copy: max_batch_size 1) and then the
-   batched one, with the batch sizes Triton formed meanwhile (its per-model batch statistics);
+   unbatched configuration (perf/repository.py unbatched_copy: max_batch_size 1), the batched one
+   with the scorers called by BLS (``batched_bls``: ranker parameter scorer_calls=bls, as before
+   the CPU profile ran them in the ranker's process) and then the batched one as served, with the
+   batch sizes Triton formed meanwhile (its per-model batch statistics);
 3. per route, open-loop perf_analyzer (Poisson arrivals) at fractions of that route's batched
    saturation throughput, up to past it: p50/p99 and achieved throughput per offered rate, and the
    highest rate whose p99 stays within ``p99_limit_ms``;
@@ -36,7 +38,7 @@ from perf.ceiling import measure_routes
 from perf.inputs import world_requests, write_inputs
 from perf.open_loop import make_pool
 from perf.open_loop import run as open_loop
-from perf.repository import ranker_config, unbatched_copy
+from perf.repository import ranker_config, repository_copy, unbatched_copy
 from perf.sweep import exported_preset, hardware
 from serving.contract import ADAPTIVE_RANKING, DEFAULT_ROUTE, FIXED_ROUTES
 from serving.server.launcher import REPO_ROOT, RunningServer, ServerConfig, check_artifacts, run_server
@@ -195,6 +197,11 @@ def measure(model_repository: Path, preset: str, cfg: CapacityConfig, results: P
         with run_server(ServerConfig(model_repository=repo, log_path=Path(tmp) / "server.log")) as server:
             _warm(server, preset, cfg.n)
             manifest["unbatched"] = saturation(server, cfg, inputs, results, "unbatched")
+    with tempfile.TemporaryDirectory(prefix="bls-") as tmp:
+        repo = repository_copy(model_repository, Path(tmp) / "repo", {"scorer_calls": "bls"})
+        with run_server(ServerConfig(model_repository=repo, log_path=Path(tmp) / "server.log")) as server:
+            _warm(server, preset, cfg.n)
+            manifest["batched_bls"] = saturation(server, cfg, inputs, results, "batched-bls")
     with run_server(ServerConfig(model_repository=model_repository)) as server:
         _warm(server, preset, cfg.n)
         manifest["batched"] = saturation(server, cfg, inputs, results, "batched")

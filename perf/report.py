@@ -89,7 +89,8 @@ def _breakdown(manifest: dict) -> list[str]:
         return []
     header = ["run", "model", "avg latency (ms)", "queue (ms)", "compute infer (ms)"]
     return [f"## Where the time goes (N={manifest['focus_n']}, concurrency 1)", "",
-            "perf_analyzer's server-side averages per composing model (ensemble steps and the ranker's BLS calls).",
+            "perf_analyzer's server-side averages per composing model (the ensemble's steps, and the ranker's "
+            "BLS calls where it makes them: not in the CPU profile, whose ranker runs the scorers itself).",
             "", *_table(header, rows), ""]
 
 
@@ -103,14 +104,17 @@ def _capacity(summary: dict) -> list[str]:
         return []
     sat, ceiling = summary["saturation"], summary["ceiling"]
     rows = []
+    bls = sat.get("batched_bls", {})
     for route in sat["batched"]:
-        b, u = sat["batched"][route], sat["unbatched"][route]
+        b, u, via_bls = sat["batched"][route], sat["unbatched"][route], bls.get(route)
         batches = ", ".join(f"{m} {_f(x, 1)}" for m, x in b["mean_batch_size"].items() if x is not None)
         share = b["saturation_per_s"] / ceiling[route] if b["saturation_per_s"] and ceiling.get(route) else None
-        rows.append([route, _f(u["p50_c1_ms"]), _f(b["p50_c1_ms"]), _sat_at(u), _sat_at(b),
+        rows.append([route, _f(u["p50_c1_ms"]), _f(via_bls["p50_c1_ms"]) if via_bls else "-", _f(b["p50_c1_ms"]),
+                     _sat_at(u), _sat_at(via_bls) if via_bls else "-", _sat_at(b),
                      _f(ceiling.get(route), 1), _f(share, 2), batches])
-    header = ["route", "unbatched p50 c=1", "batched p50 c=1", "unbatched sat./s", "batched sat./s",
-              "ceiling /s", "batched / ceiling", "mean batch size (batched, whole sweep)"]
+    header = ["route", "unbatched p50 c=1", "batched, BLS scorers p50 c=1", "batched p50 c=1", "unbatched sat./s",
+              "batched, BLS scorers sat./s", "batched sat./s", "ceiling /s", "batched / ceiling",
+              "mean batch size (batched, whole sweep)"]
     lines = ["## Capacity at N=1024 (perf/capacity.py)", "",
              "Closed loop: p50 at concurrency 1 (ms) and saturation, the highest throughput of the loaded "
              "concurrencies (which one in brackets); the ceiling is the same "

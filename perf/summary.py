@@ -13,7 +13,7 @@ The schema is fixed (plots, the report and other tools read it)::
 and, when perf/capacity.py ran (``capacity.json``), also::
 
      "ceiling": {route: requests/s in process},
-     "saturation": {"batched"|"unbatched": {route: {"p50_c1_ms", "saturation_per_s", "saturation_p99_ms",
+     "saturation": {"batched"|"unbatched"|"batched_bls": {route: {"p50_c1_ms", "saturation_per_s", "saturation_p99_ms",
                                                     "saturation_concurrency", "mean_batch_size": {model: x}}}},
      "open_loop": {route: {"points": [{"offered_per_s", "achieved_per_s", "p50_ms", "p99_ms", "exit_code"}],
                            "max_rate_within_p99": x}},
@@ -92,6 +92,9 @@ def build_summary(manifest: dict, rows: dict[str, list[PerfRow]]) -> dict:
     }
 
 
+SATURATION_VARIANTS = ("batched", "unbatched", "batched_bls")
+
+
 def capacity_summary(capacity: dict) -> dict:
     """The summary keys of a perf/capacity.py run (its ``capacity.json``)."""
 
@@ -110,7 +113,9 @@ def capacity_summary(capacity: dict) -> dict:
     return {
         "ceiling": {route: c["requests_per_s"] for route, c in capacity["ceiling"].items()},
         "saturation": {
-            variant: {route: sat(e) for route, e in capacity[variant].items()} for variant in ("batched", "unbatched")
+            variant: {route: sat(e) for route, e in capacity[variant].items()}
+            for variant in SATURATION_VARIANTS
+            if variant in capacity  # batched_bls: runs from before it was measured have none
         },
         "open_loop": {
             route: {

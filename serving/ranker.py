@@ -25,6 +25,7 @@ from serving.load_meter import LoadMeter
 from serving.request import RequestOptions
 from serving.routing import TIERS, AutoPlan, BatchItem, CostModel, RoutePolicy, TierCost, plan_batch, settle_auto
 
+SCORER_CALLS = ("bls", "onnxruntime")  # RankerConfig.scorer_calls
 # Parameters Triton itself reads from the ranker's config; not the ranker's.
 TRITON_PARAMETERS = frozenset({"FORCE_CPU_ONLY_INPUT_TENSORS"})
 
@@ -34,6 +35,9 @@ class RankerConfig:
     """The ranker's parameters (its config.pbtxt ``parameters``); the defaults are the served ones.
 
     load_window_ms       auto's load signal window (serving/load_meter.py); 0 = load-unaware
+    scorer_calls         "bls": each scorer call is a BLS request to scorer_light / scorer_heavy;
+                         "onnxruntime": the ranker runs those models' ONNX graphs itself
+                         (serving/scorer_sessions.py), saving two process hops per call (CPU only)
     heavy_timeout_ms     how long a cascade / auto request without a budget waits for heavy
     metrics_interval_ms  custom metrics are sent at most this often; 0 = after every execute
     """
@@ -47,8 +51,13 @@ class RankerConfig:
     heavy_timeout_ms: float = 2000.0
     load_window_ms: float = 1000.0
     metrics_interval_ms: float = 250.0
+    scorer_calls: str = "bls"
 
     def __post_init__(self) -> None:
+        if self.scorer_calls not in SCORER_CALLS:
+            raise ValueError(f"scorer_calls must be one of {', '.join(SCORER_CALLS)}, got {self.scorer_calls!r}")
+        if self.scorer_calls == "onnxruntime" and self.tensor_library != "numpy":
+            raise ValueError("scorer_calls onnxruntime runs on host arrays: it needs tensor_library numpy")
         if self.default_top_k < 1:
             raise ValueError(f"default_top_k must be >= 1, got {self.default_top_k}")
         for name in ("heavy_timeout_ms", "load_window_ms", "metrics_interval_ms"):

@@ -103,7 +103,7 @@ def test_engine_profiles(name: str):
 
 RANKER_PROFILES = ["config.pbtxt", "configs/cpu.pbtxt"]
 # What must differ between the ranker's profiles; everything else must be identical.
-RANKER_PROFILE_PARAMETERS = ("FORCE_CPU_ONLY_INPUT_TENSORS", "tensor_library")
+RANKER_PROFILE_PARAMETERS = ("FORCE_CPU_ONLY_INPUT_TENSORS", "scorer_calls", "tensor_library")
 
 
 @pytest.mark.parametrize("profile", RANKER_PROFILES, ids=["gpu", "cpu"])
@@ -115,11 +115,12 @@ def test_ranker_config_is_the_code_default(profile: str):
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert set(params) == set(RankerConfig().parameters()) | {"FORCE_CPU_ONLY_INPUT_TENSORS"}
     parsed = RankerConfig.from_parameters(params)
-    assert replace(parsed, tensor_library="numpy") == RankerConfig()
+    assert replace(parsed, tensor_library="numpy", scorer_calls="bls") == RankerConfig()
 
 
 def test_ranker_profiles():
-    """GPU: device tensors by DLPack on a GPU instance; CPU: NumPy on the host; nothing else differs."""
+    """GPU: device tensors by DLPack on a GPU instance, BLS to the TensorRT scorers; CPU: NumPy on the
+    host, the scorers' graphs in the ranker's process; nothing else differs."""
     gpu = load_config(REPO / "ranker" / "config.pbtxt")
     cpu = load_config(REPO / "ranker" / "configs" / "cpu.pbtxt")
     gpu_params = {k: v.string_value for k, v in gpu.parameters.items()}
@@ -133,6 +134,7 @@ def test_ranker_profiles():
     # as_numpy() needs host memory: the NumPy profile must not take device tensors.
     assert cpu_params["FORCE_CPU_ONLY_INPUT_TENSORS"] == "yes"
     assert cpu_params["tensor_library"] == "numpy"
+    assert (gpu_params["scorer_calls"], cpu_params["scorer_calls"]) == ("bls", "onnxruntime")
     assert {gpu_params["tensor_library"], cpu_params["tensor_library"]} <= set(LIBRARIES)
     assert set(gpu_params) == set(cpu_params), "the profiles must set the same parameters"
     differ = sorted(k for k in gpu_params if gpu_params[k] != cpu_params[k])

@@ -26,6 +26,7 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -36,6 +37,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from client.ranking_client import RankingRequest, infer
+from perf.analyzer import Job, bls_composing
 from perf.repository import repository_copy
 from serving.batcher import CallPlan
 from serving.composition import SharedState
@@ -156,7 +158,9 @@ class TritonPythonModel(OnnxModel):
 def copy_repository(dst: Path) -> Path:
     src = REPO_ROOT / "model_repository"
     check_artifacts(src)
-    return repository_copy(src, dst)
+    # The faults are injected into the scorer_heavy model: the ranker must call it (BLS, as the
+    # GPU profile does), not run its graph in process as the CPU profile does.
+    return repository_copy(src, dst, {"scorer_calls": "bls"})
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +231,13 @@ def test_server_falls_back_to_light(fault_server, client, ranker, mode, route, b
     if reason is not None:
         fallbacks = metric(after, "ranker_fallbacks_total", reason=reason)
         assert fallbacks - metric(before, "ranker_fallbacks_total", reason=reason) == 1
+
+
+def test_bls_composing_lists_the_scorers_called(fault_server):
+    url = fault_server[0].grpc_url
+    job = Job("x", "adaptive_ranking", Path("in.json"), route="cascade")
+    assert bls_composing(job, url) == ("scorer_light", "scorer_heavy")
+    assert bls_composing(replace(job, route="auto"), url) == ()  # auto may call neither in a window
 
 
 def test_server_heavy_route_error_names_scorer_heavy(fault_server, client):

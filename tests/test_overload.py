@@ -54,7 +54,7 @@ def test_no_queue_policy_turns_prefetching_off(name: str, profile: str):
 
 
 def test_overload_burst_is_answered_correctly(tmp_path: Path):
-    repo = repository_copy(REPOSITORY, tmp_path / "repo")
+    repo = repository_copy(REPOSITORY, tmp_path / "repo", {"scorer_calls": "bls"})  # the slow model is called
     # A heavy scorer that takes 1 s per call (tests/test_faults.py's test-only wrapper): both ranker
     # instances are busy on heavy calls while the whole burst arrives, whatever the machine's speed.
     (repo / "scorer_heavy" / "1" / "model.py").write_text(FAULTY_HEAVY)

@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient
 
 from export.config import PRESETS
 from export.world import make_world
-from perf.analyzer import Window, concurrency_range
+from perf.analyzer import Job, Window, bls_composing, concurrency_range
 from perf.bursts import BurstsConfig, with_queue_policy
 from perf.bursts import run as run_bursts
 from perf.capacity import PROFILES as CAPACITY_PROFILES
@@ -193,7 +193,8 @@ def test_short_sweep_against_server(triton_server: RunningServer, tmp_path: Path
     assert set(runs) == {"auto-n16", "heavy-n16", "baseline-n16"}
     heavy = [row for csv in runs["heavy-n16"]["csv"] for row in parse_csv(tmp_path / csv)]
     assert [r.concurrency for r in heavy] == [1] and heavy[0].p50_ms > 0
-    assert set(runs["heavy-n16"]["composing"]["1"]) >= {"embedding_lookup", "user_tower", "ranker", "scorer_heavy"}
+    # The ensemble's steps; the CPU profile's ranker runs scorer_heavy's graph itself (no BLS model).
+    assert set(runs["heavy-n16"]["composing"]["1"]) == {"embedding_lookup", "user_tower", "ranker"}
 
     summary = write_summary(tmp_path)
     check_schema(summary)
@@ -249,15 +250,23 @@ def test_breakdown_averages_per_call_over_the_window() -> None:
     assert rows["ranker"]["compute_output_ms"] == pytest.approx(0.1)
 
 
+def test_bls_composing_follows_the_servers_scorer_calls(triton_server: RunningServer) -> None:
+    """perf_analyzer fails on a --bls-composing-models model that serves nothing: the CPU profile's
+    ranker calls no scorer model, so none is listed (tests/test_faults.py checks the BLS server's)."""
+    for route in ("light", "heavy", "cascade", "auto"):
+        assert bls_composing(Job("x", "adaptive_ranking", Path("in.json"), route=route), triton_server.grpc_url) == ()
+
+
 def test_stub_profile_against_server(triton_server: RunningServer, tmp_path: Path) -> None:
     cfg = ProfileConfig(route="light", n=16, seconds=1, window_requests=5)
     result = profile(triton_server, cfg, exported_preset(), tmp_path)
     models = result["models"]
-    for model in ("adaptive_ranking", "embedding_lookup", "user_tower", "ranker", "scorer_light"):
-        assert models[model]["calls_per_request"] == pytest.approx(1.0), model  # N=16: one micro-batch
-    assert "scorer_heavy" not in models
+    for model in ("adaptive_ranking", "embedding_lookup", "user_tower", "ranker"):
+        assert models[model]["calls_per_request"] == pytest.approx(1.0), model
+    # The CPU profile's ranker runs the scorer graphs itself: no request reaches the scorer models.
+    assert "scorer_light" not in models and "scorer_heavy" not in models
     total = {m: row["total_ms"] for m, row in models.items()}
-    assert 0 < total["scorer_light"] < total["ranker"] < total["adaptive_ranking"]  # nested calls
+    assert 0 < total["ranker"] < total["adaptive_ranking"]  # a step of the ensemble
     ranker = result["stubs"]["ranker"]
     assert ranker is not None and ranker["samples"] > 0, "py-spy could not record the ranker's stub"
     assert (tmp_path / "ranker.raw.txt").is_file()
@@ -354,7 +363,8 @@ def test_capacity_pieces_against_server(triton_server: RunningServer, tmp_path: 
     batched = saturation(triton_server, cfg, inputs, tmp_path, "batched")
     assert set(batched) == {"light", "heavy", "cascade"}
     assert all(e["saturation_per_s"] and e["p50_c1_ms"] for e in batched.values())
-    assert batched["heavy"]["batches"]["scorer_heavy"]["mean_batch_size"] is not None
+    assert batched["heavy"]["batches"]["ranker"]["mean_batch_size"] is not None
+    assert batched["heavy"]["batches"]["scorer_heavy"]["mean_batch_size"] is None  # in the ranker's process
     rates = open_loop_rates(triton_server, cfg, inputs, tmp_path, batched)
     assert all(len(entry["points"]) == len(cfg.rate_fractions) for entry in rates.values())
     auto = auto_under_load(triton_server, cfg, preset, batched["heavy"]["saturation_per_s"])
@@ -363,7 +373,7 @@ def test_capacity_pieces_against_server(triton_server: RunningServer, tmp_path: 
     ceiling = measure_routes(REPO_ROOT / "model_repository", preset, cfg.n, 0.3, threads=1)
     capacity = {
         "ceiling": {r: c.as_dict() for r, c in ceiling.items()},
-        "batched": batched, "unbatched": batched, "open_loop": rates, "auto_open_loop": auto,
+        "batched": batched, "unbatched": batched, "batched_bls": batched, "open_loop": rates, "auto_open_loop": auto,
     }  # fmt: skip
     manifest = {"preset": preset, "hardware": "test", "focus_n": cfg.n, "profile": "test", "wall_s": 0.0,
                 "settings": {**asdict(SweepConfig(ns=(cfg.n,))), "ns": [cfg.n]}, "runs": [], "skipped": [],
@@ -375,4 +385,5 @@ def test_capacity_pieces_against_server(triton_server: RunningServer, tmp_path: 
     assert summary["ceiling"]["heavy"] > 0 and summary["saturation"]["batched"]["heavy"]["saturation_per_s"] > 0
     for path in write_plots(tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "## Capacity at N=1024" in write_report(tmp_path).read_text()
+    report = write_report(tmp_path).read_text()
+    assert "## Capacity at N=1024" in report and "batched, BLS scorers sat./s" in report

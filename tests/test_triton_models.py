@@ -454,20 +454,41 @@ class FakeBLS:
 MICRO_BATCH, CASCADE_M, N = 7, 6, 20
 
 
-# Both ranker profiles on CPU arrays: the CPU one (NumPy, as_numpy) and the production one
-# (torch tensors through DLPack; here on the CPU, as a KIND_GPU config read without a GPU).
-@pytest.fixture(params=["configs/cpu.pbtxt", "config.pbtxt"], ids=["numpy", "torch"])
+def record_inprocess_calls(monkeypatch: pytest.MonkeyPatch, sessions: Any, bls: FakeBLS) -> None:
+    """The in-process scorer calls (serving/scorer_sessions.py) recorded into ``bls.calls`` as the
+    BLS ones are, and failed for the scorers in ``bls.fail``: the same tests check both paths."""
+    real = sessions.run
+
+    def run(tier: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        name = f"scorer_{tier}"
+        bls.calls.append((name, inputs))
+        if name in bls.fail:
+            raise RuntimeError(f"{name} is unavailable")
+        return real(tier, inputs)
+
+    monkeypatch.setattr(sessions, "run", run)
+
+
+# The ranker's profiles on CPU arrays: the CPU one (NumPy; the scorers' graphs in process, and by
+# BLS) and the production one (torch tensors through DLPack, BLS; here on the CPU, as a KIND_GPU
+# config read without a GPU).
+@pytest.fixture(
+    params=[("configs/cpu.pbtxt", "onnxruntime"), ("configs/cpu.pbtxt", "bls"), ("config.pbtxt", "bls")],
+    ids=["numpy", "numpy-bls", "torch"],
+)
 def ranker_env(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, scorer_sessions, tiny_repo
 ) -> Iterator[tuple[Any, FakeBLS, ModuleType]]:
+    config, scorer_calls = request.param
     bls = FakeBLS(scorer_sessions)
     for pb in _install(monkeypatch, make_pb_utils(bls)):
         module = load_model_py(REPO / "ranker" / "1" / "model.py")
         model = module.TritonPythonModel()
-        args = model_args(
-            REPO / "ranker" / request.param, tiny_repo[0], micro_batch=str(MICRO_BATCH), cascade_m=str(CASCADE_M)
-        )
+        args = model_args(REPO / "ranker" / config, tiny_repo[0], micro_batch=str(MICRO_BATCH),
+                          cascade_m=str(CASCADE_M), scorer_calls=scorer_calls)
         model.initialize(args)
+        if scorer_calls == "onnxruntime":
+            record_inprocess_calls(monkeypatch, model.sessions, bls)  # model.sessions: the lifecycle class's
         yield model, bls, pb
         model.finalize()
 
@@ -542,6 +563,10 @@ def test_ranker_routes(route: str, ranker_env, scorer_sessions, tiny_repo):
     # The torch profile builds every scorer input and output by DLPack and asks for the scores
     # on the candidates' device (the CPU here); the NumPy profile leaves the placement to Triton.
     torch_path = model.cfg.tensor_library == "torch"
+    if model.cfg.scorer_calls == "onnxruntime":  # no BLS request at all: the graphs ran in process
+        assert not bls.requests and bls.calls
+        assert {t.via_dlpack for t in response.output_tensors()} == {False}
+        return
     assert {t.via_dlpack for r in bls.requests for t in r.inputs()} == {torch_path}
     assert {t.via_dlpack for t in response.output_tensors()} == ({True, False} if torch_path else {False})
     placements = {

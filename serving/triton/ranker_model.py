@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
@@ -18,6 +19,7 @@ from serving.composition import SharedState
 from serving.contract import RANKER, RequestError
 from serving.ranker import RankerConfig, RankerState, RankItem, RequestTime, ScorerError, rank_batch, response_arrays
 from serving.request import parse_request
+from serving.scorer_sessions import ScorerSessions
 from serving.triton.ranker_metrics import RankerMetrics
 
 
@@ -32,6 +34,11 @@ class RankerModel:
         self.library = arrays.load_library(self.cfg.tensor_library)
         self.state = RankerState.from_config(self.cfg)
         self.metrics = RankerMetrics(self.cfg.metrics_interval_ms / 1e3, self.state.load)
+        self.sessions = None
+        self.call_fn = self._score  # BLS to scorer_light / scorer_heavy
+        if self.cfg.scorer_calls == "onnxruntime":  # the scorers' graphs in this process (CPU profile)
+            self.sessions = ScorerSessions.from_repository(Path(args["model_repository"]).parent)
+            self.call_fn = self.sessions
 
     def _placement(self, like: Array) -> dict[str, object]:
         """torch: ask for the scorer's scores on the device the candidates are on (no copy back)."""
@@ -77,7 +84,7 @@ class RankerModel:
         start = time.perf_counter()
         responses: list[object] = [self._parse(r, start) for r in requests]
         valid = [i for i, r in enumerate(responses) if isinstance(r, tuple)]
-        outcomes = await rank_batch(self._score, self.state, [responses[i][0] for i in valid]) if valid else []
+        outcomes = await rank_batch(self.call_fn, self.state, [responses[i][0] for i in valid]) if valid else []
         end = time.perf_counter()
         if self.state.load is not None:
             self.state.load.record(start, end)  # the instance was busy with the batch
@@ -96,4 +103,6 @@ class RankerModel:
 
     def finalize(self) -> None:
         self.metrics.close()
+        if self.sessions is not None:
+            self.sessions.close()
         self.state = None
