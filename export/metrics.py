@@ -108,9 +108,31 @@ def target_metrics(scores: np.ndarray, target_index: int, ks: tuple[int, ...] = 
     return out
 
 
-def loo_metrics(scores: list[np.ndarray], target_index: list[int], ks: tuple[int, ...] = LOO_KS) -> dict[str, float]:
-    """Means of ``target_metrics`` over users (each its own N); keys hr10, ndcg10, hr50, ndcg50, mrr."""
+def per_user_metrics(
+    scores: list[np.ndarray], target_index: list[int], ks: tuple[int, ...] = LOO_KS
+) -> dict[str, np.ndarray]:
+    """``target_metrics`` of every user: {hr10, ndcg10, hr50, ndcg50, mrr: (U,) float64}."""
     if len(scores) != len(target_index) or not scores:
         raise ValueError(f"need as many score vectors as targets (>= 1), got {len(scores)} and {len(target_index)}")
     per_user = [target_metrics(s, t, ks) for s, t in zip(scores, target_index)]
-    return {key: float(np.mean([m[key] for m in per_user])) for key in per_user[0]}
+    return {key: np.array([m[key] for m in per_user]) for key in per_user[0]}
+
+
+def loo_metrics(scores: list[np.ndarray], target_index: list[int], ks: tuple[int, ...] = LOO_KS) -> dict[str, float]:
+    """Means of ``target_metrics`` over users (each its own N); keys hr10, ndcg10, hr50, ndcg50, mrr."""
+    return {key: float(v.mean()) for key, v in per_user_metrics(scores, target_index, ks).items()}
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int = 10_000, seed: int = 0) -> dict[str, float]:
+    """How sure the mean of ``a`` exceeds that of ``b``, both (U,) per-user values of the same users:
+    the mean difference, its 95% percentile interval over ``resamples`` resamplings of the users, and
+    the share of resamplings in which the difference is <= 0."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"need two equal (U,) arrays, U >= 1, got {a.shape} and {b.shape}")
+    diff = a - b
+    idx = np.random.default_rng(seed).integers(diff.size, size=(resamples, diff.size))
+    means = diff[idx].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"diff": float(diff.mean()), "ci95_low": float(lo), "ci95_high": float(hi),
+            "p_not_above": float(np.mean(means <= 0))}

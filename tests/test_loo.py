@@ -10,7 +10,7 @@ import pytest
 
 from export.baselines import CooccurrenceConfig, cooccurrence_counts, fit_baselines, item_counts
 from export.loo import leave_one_out, make_case
-from export.metrics import loo_metrics, target_metrics
+from export.metrics import loo_metrics, paired_bootstrap, per_user_metrics, target_metrics
 from export.movielens import load_ml100k, ml100k_dir
 from tests.test_movielens import write_ml100k
 
@@ -150,3 +150,76 @@ def test_training_examples_come_from_the_training_part_only() -> None:
         seq = data.sequence(row)
         np.testing.assert_array_equal(req.history_ids[i, : req.history_len[i]], seq[max(0, t - 50) : t])
         assert req.candidate_ids[i, 0] == seq[t] and req.labels[i, 0] == 1 and not req.labels[i, 1:].any()
+
+
+def test_unseen_negatives_avoid_history_and_positive() -> None:
+    """Full ranking never puts an item the user saw before the target among its candidates: the
+    negatives a training example draws follow the same rule."""
+    from export.next_item import draw_unseen_negatives, positions
+
+    data = load_ml100k(ml100k_dir())
+    split = leave_one_out(data, history_max=50)
+    pos = positions(split)
+    rng = np.random.default_rng(1)
+    batch = pos[np.argsort(-pos[:, 1])[:64]]  # the longest histories: most items to avoid
+    negatives = draw_unseen_negatives(rng, data.items, split, batch, 127)
+    assert negatives.shape == (64, 127) and np.isin(negatives, data.items).all()
+    for i, (row, t) in enumerate(batch):
+        assert not np.isin(negatives[i], split.train[row][: t + 1]).any()
+
+
+def test_pmi_vectors_put_co_occurring_items_together() -> None:
+    from export.next_item import pmi_vectors
+
+    # 1, 2, 3 occur within two positions of each other, 4, 5, 6 likewise; the groups never meet;
+    # 7 never occurs (nor id 0).
+    train = [np.array([1, 2, 3, 1, 2, 3]), np.array([4, 5, 6, 4, 5, 6]), np.array([3, 2, 1]), np.array([6, 5, 4])]
+    v = pmi_vectors(train, 8, window=2, dim=2)
+    assert v.shape == (8, 2) and np.isfinite(v).all()
+    assert not v[7].any() and not v[0].any()
+
+    def cos(a: int, b: int) -> float:
+        return float(v[a] @ v[b] / np.linalg.norm(v[a]) / np.linalg.norm(v[b]))
+
+    assert min(cos(1, 2), cos(1, 3), cos(4, 5), cos(5, 6)) > 0.95
+    assert max(abs(cos(a, b)) for a in (1, 2, 3) for b in (4, 5, 6)) < 0.05
+
+
+def test_item_rows_start_from_the_given_vectors() -> None:
+    import torch
+
+    from export.ml100k import PRESETS
+    from export.next_item import build_model, init_item_rows
+    from serving.contract import ITEM_FEATURE
+
+    data = load_ml100k(ml100k_dir())
+    model = build_model(PRESETS["ml-100k-tiny"], data.cardinalities)
+    dim = model.embedding.dim
+    vectors = np.random.default_rng(0).normal(size=(int(data.items.max()) + 1, dim))
+    before = model.embedding.table.detach().clone()
+    init_item_rows(model, data.items, vectors, std=0.05)
+    rows = model.embedding.rows(torch.from_numpy(data.items)[:, None], (ITEM_FEATURE,))[:, 0]
+    got = model.embedding.table.detach()[rows].numpy()
+    np.testing.assert_allclose(got.std(), 0.05, rtol=1e-3)
+    np.testing.assert_allclose(got / got.std(), vectors[data.items] / vectors[data.items].std(), rtol=1e-4, atol=1e-5)
+    untouched = np.setdiff1d(np.arange(before.shape[0]), rows.numpy())
+    assert untouched.size and torch.equal(model.embedding.table.detach()[untouched], before[untouched])
+
+
+def test_per_user_metrics_and_their_means() -> None:
+    scores, targets = [np.array([0.9, 0.1]), np.array([0.1, 0.2, 0.3])], [0, 0]
+    per = per_user_metrics(scores, targets)
+    np.testing.assert_allclose(per["mrr"], [1.0, 1 / 3])
+    assert loo_metrics(scores, targets) == {k: pytest.approx(float(v.mean())) for k, v in per.items()}
+
+
+def test_paired_bootstrap() -> None:
+    rng = np.random.default_rng(3)
+    b = rng.random(500)
+    clear = paired_bootstrap(b + 0.1, b)  # the same users, a constant gain: no doubt at all
+    assert clear["diff"] == pytest.approx(0.1) and clear["ci95_low"] == pytest.approx(0.1)
+    assert clear["p_not_above"] == 0.0
+    noise = paired_bootstrap(rng.random(500), b)  # unrelated: the interval straddles the difference
+    assert noise["ci95_low"] < noise["diff"] < noise["ci95_high"] and noise["ci95_high"] - noise["ci95_low"] > 0.02
+    with pytest.raises(ValueError, match="equal"):
+        paired_bootstrap(b, b[:3])

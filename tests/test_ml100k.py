@@ -68,4 +68,18 @@ def test_served_evaluation_agrees_with_inprocess(exported: tuple[dict, Path]) ->
         assert result["same_top10_as_inprocess"] == 1.0, name
         assert np.isfinite(result["p50_ms"]) and result["p50_ms"] > 0
     table = markdown_table({**report, "served": served})
-    assert len(table.splitlines()) == 2 + len(route_plan()) + 3  # header, rule, served routes, three baselines
+    # header, rule, served routes, three baselines; a blank line; header, rule, heavy minus each baseline
+    assert len(table.splitlines()) == 2 + len(route_plan()) + 3 + 1 + 2 + 3
+    assert "| cooccurrence | " in table.splitlines()[-1]
+
+
+def test_heavy_against_baselines_on_the_same_users(exported: tuple[dict, Path]) -> None:
+    report, _ = exported
+    versus = report["heavy_vs_baselines_test"]
+    assert set(versus) == {"random", "popularity", "cooccurrence"}
+    for name, by_metric in versus.items():
+        assert set(by_metric) == set(METRICS)
+        for key, b in by_metric.items():
+            want = report["offline"]["test"]["heavy"][key] - report["offline"]["test"][name][key]
+            assert b["diff"] == pytest.approx(want, abs=1e-9)
+            assert b["ci95_low"] <= b["diff"] <= b["ci95_high"] and 0.0 <= b["p_not_above"] <= 1.0
