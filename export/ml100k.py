@@ -157,14 +157,8 @@ def per_user_cases(
     return {name: per_user_metrics(scores, targets) for name, scores in table.items()}
 
 
-def evaluate_cases(
-    model: RankingModel, cases: list[Case], baselines: dict, policy: RoutePolicy
-) -> dict[str, dict[str, float]]:
-    """{scorer: metrics} for the tiers, the cascade at the served M and the baselines."""
-    return means(per_user_cases(model, cases, baselines, policy))
-
-
 def means(per_user: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
+    """{scorer: {metric: mean over the users}} of ``per_user_cases``."""
     return {name: {key: float(v.mean()) for key, v in metrics.items()} for name, metrics in per_user.items()}
 
 

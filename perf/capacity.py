@@ -192,16 +192,16 @@ def measure(model_repository: Path, preset: str, cfg: CapacityConfig, results: P
         "hardware": hardware(), "preset": preset, "settings": asdict(cfg),
         "ceiling": {route: c.as_dict() for route, c in ceiling.items()},
     }  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="unbatched-") as tmp:
-        repo = unbatched_copy(model_repository, Path(tmp) / "repo")
-        with run_server(ServerConfig(model_repository=repo, log_path=Path(tmp) / "server.log")) as server:
-            _warm(server, preset, cfg.n)
-            manifest["unbatched"] = saturation(server, cfg, inputs, results, "unbatched")
-    with tempfile.TemporaryDirectory(prefix="bls-") as tmp:
-        repo = repository_copy(model_repository, Path(tmp) / "repo", {"scorer_calls": "bls"})
-        with run_server(ServerConfig(model_repository=repo, log_path=Path(tmp) / "server.log")) as server:
-            _warm(server, preset, cfg.n)
-            manifest["batched_bls"] = saturation(server, cfg, inputs, results, "batched-bls")
+    variants = {  # the configurations compared against the served one, each a copy of the repository
+        "unbatched": unbatched_copy,
+        "batched_bls": lambda src, dst: repository_copy(src, dst, {"scorer_calls": "bls"}),
+    }
+    for name, make_copy in variants.items():
+        with tempfile.TemporaryDirectory(prefix=f"{name}-") as tmp:
+            repo = make_copy(model_repository, Path(tmp) / "repo")
+            with run_server(ServerConfig(model_repository=repo, log_path=Path(tmp) / "server.log")) as server:
+                _warm(server, preset, cfg.n)
+                manifest[name] = saturation(server, cfg, inputs, results, name.replace("_", "-"))
     with run_server(ServerConfig(model_repository=model_repository)) as server:
         _warm(server, preset, cfg.n)
         manifest["batched"] = saturation(server, cfg, inputs, results, "batched")
