@@ -29,6 +29,7 @@ from pathlib import Path
 import tritonclient.grpc as grpcclient
 
 from perf.parse import PerfRow, RateRow, parse_csv, parse_rate_csv
+from serving.ranker import RankerConfig
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def bls_composing(job: Job, url: str) -> tuple[str, ...]:
         return ()
     with grpcclient.InferenceServerClient(url) as client:
         params = client.get_model_config("ranker", as_json=True)["config"].get("parameters", {})
-    scorer_calls = params.get("scorer_calls", {}).get("string_value", "bls")
+    scorer_calls = params.get("scorer_calls", {}).get("string_value", RankerConfig().scorer_calls)
     return BLS_COMPOSING[job.route] if scorer_calls == "bls" else ()
 
 

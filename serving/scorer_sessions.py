@@ -26,8 +26,7 @@ import onnxruntime as ort
 from serving.batcher import ScorerError
 from serving.contract import ENGINE_MODELS, RequestError
 from serving.onnx_session import make_session, run_checked
-
-TIERS = ("light", "heavy")
+from serving.routing import TIERS
 
 
 class ScorerSessions:
